@@ -1,0 +1,91 @@
+"""Data-parallel training and evaluation steps, pmap style.
+
+Each step is written for one device (its slice of the batch) and averages gradients and
+metrics over the mesh axis `batch`; `jax.shard_map` under `jax.jit` maps it over all devices
+of all processes. Parameters and optimiser state are replicated; batches are split on axis 0.
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXIS = 'batch'
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), (AXIS,))
+
+
+def check_batch_size(batch_size: int, num_devices: int, name: str = 'batch_size') -> int:
+  """The per-device batch; a global batch that does not split evenly is a config error."""
+  if batch_size % num_devices:
+    raise ValueError(
+        f'{name}={batch_size} does not divide evenly over {num_devices} devices: use a '
+        f'multiple of {num_devices} (e.g. {max(batch_size // num_devices, 1) * num_devices}).')
+  return batch_size // num_devices
+
+
+def create_train_state(model, tx: optax.GradientTransformation, image_shape, rng,
+                       mesh) -> train_state.TrainState:
+  """Initialises parameters and optimiser state, replicated over the mesh."""
+  def init():
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return train_state.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """This process's part of the global batch -> global arrays split over `batch`."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def make_train_step(model, learning_rate_fn, mesh) -> Callable[..., Any]:
+  """(state, batch, rng) -> (state, metrics); the input state's buffers are donated."""
+
+  def device_step(state, batch, rng):
+    # A different dropout (stochastic depth) draw on every step and device.
+    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
+
+    def loss_fn(params):
+      logits = state.apply_fn({'params': params}, batch['image'], train=True,
+                              rngs={'dropout': rng})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics = {
+        'loss': loss,
+        'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'grad_norm': optax.global_norm(grads),
+        'learning_rate': learning_rate_fn(state.step),
+    }
+    return state.apply_gradients(grads=grads), jax.lax.pmean(metrics, AXIS)
+
+  step = jax.shard_map(device_step, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                       out_specs=(P(), P()))
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(mesh) -> Callable[..., Any]:
+  """(params, batch) -> summed loss, correct count and example count over the mesh.
+
+  `batch['mask']` is 0 for padding, so the last partial batch is counted exactly.
+  """
+
+  def device_step(state, batch):
+    logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    correct = jnp.argmax(logits, -1) == batch['label']
+    sums = {'loss': jnp.sum(loss * batch['mask']),
+            'correct': jnp.sum(correct * batch['mask']),
+            'count': jnp.sum(batch['mask'])}
+    return jax.lax.psum(sums, AXIS)
+
+  return jax.jit(jax.shard_map(device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
