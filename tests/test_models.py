@@ -1,0 +1,164 @@
+"""The model against the paper: parameter counts, names, and an independent NumPy forward."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixer_jax import models
+
+# Published counts with a 1000-class head at 224 (official code's tests) and Table 1 (millions,
+# without the head).
+EXACT_COUNTS = {'B/16': 59_880_472, 'B/32': 60_293_428, 'L/16': 208_196_168}
+TABLE_1_MILLIONS = {'S/32': 19, 'S/16': 18, 'B/32': 60, 'B/16': 59, 'L/32': 206, 'L/16': 207,
+                    'H/14': 431}
+
+
+def abstract_params(model, resolution=224):
+  images = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)['params']
+
+
+def count(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('variant', list(models.VARIANTS))
+def test_parameter_counts_match_paper(variant):
+  params = abstract_params(models.create_model(variant, num_classes=1000))
+  total = count(params)
+  if variant in EXACT_COUNTS:
+    assert total == EXACT_COUNTS[variant]
+  without_head = total - count(params['head'])
+  assert round(without_head / 1e6) == TABLE_1_MILLIONS[variant]
+
+
+def test_parameter_names_match_official_checkpoints():
+  params = abstract_params(models.create_model('Mixer-B/16', num_classes=1000))
+  assert set(params) == {'stem', 'pre_head_layer_norm', 'head'} | {
+      f'MixerBlock_{i}' for i in range(12)}
+  block = params['MixerBlock_0']
+  assert set(block) == {'LayerNorm_0', 'token_mixing', 'LayerNorm_1', 'channel_mixing'}
+  assert block['token_mixing']['Dense_0']['kernel'].shape == (196, 384)
+  assert block['token_mixing']['Dense_1']['kernel'].shape == (384, 196)
+  assert block['channel_mixing']['Dense_0']['kernel'].shape == (768, 3072)
+  assert params['stem']['kernel'].shape == (16, 16, 3, 768)
+  assert set(block['LayerNorm_0']) == {'scale', 'bias'}
+
+
+def test_create_model_names():
+  assert models.create_model('Mixer-S/32') == models.create_model('S/32')
+  assert models.create_model('S/32', num_blocks=2).num_blocks == 2
+  with pytest.raises(ValueError, match='Unknown Mixer variant .*B/16'):
+    models.create_model('B/8')
+
+
+def test_resolution_not_multiple_of_patch_size_is_a_clear_error():
+  model = models.create_model('B/16', num_classes=10)
+  with pytest.raises(ValueError, match=r'100x100.*patch size 16'):
+    model.init(jax.random.key(0), jnp.zeros((1, 100, 100, 3)))
+
+
+# --- An independent float64 NumPy implementation of Appendix E. ---
+
+def np_gelu(x):  # tanh approximation, as flax.linen.gelu
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def np_layer_norm(x, p, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p['scale'] + p['bias']
+
+
+def np_mlp(x, p):
+  h = np_gelu(x @ p['Dense_0']['kernel'] + p['Dense_0']['bias'])
+  return h @ p['Dense_1']['kernel'] + p['Dense_1']['bias']
+
+
+def np_mixer(params, images, patch):
+  n, height, width, channels = images.shape
+  gh, gw = height // patch, width // patch
+  patches = images.reshape(n, gh, patch, gw, patch, channels).transpose(0, 1, 3, 2, 4, 5)
+  patches = patches.reshape(n, gh * gw, patch * patch * channels)
+  kernel = params['stem']['kernel'].reshape(-1, params['stem']['kernel'].shape[-1])
+  x = patches @ kernel + params['stem']['bias']
+  i = 0
+  while f'MixerBlock_{i}' in params:
+    p = params[f'MixerBlock_{i}']
+    y = np_layer_norm(x, p['LayerNorm_0']).transpose(0, 2, 1)
+    x = x + np_mlp(y, p['token_mixing']).transpose(0, 2, 1)
+    x = x + np_mlp(np_layer_norm(x, p['LayerNorm_1']), p['channel_mixing'])
+    i += 1
+  x = np_layer_norm(x, params['pre_head_layer_norm']).mean(1)
+  return x @ params['head']['kernel'] + params['head']['bias']
+
+
+def random_params(model, images, seed=1):
+  """Parameters with every leaf random (the zero-initialised head and biases included)."""
+  params = model.init(jax.random.key(0), images)['params']
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def test_forward_equals_float64_numpy_reference():
+  # 12x8 images, patch 2: S=24 tokens, C=16 channels, D_S=10, D_C=20, 3 blocks.
+  model = models.MlpMixer(num_classes=7, num_blocks=3, patch_size=2, hidden_dim=16,
+                          tokens_mlp_dim=10, channels_mlp_dim=20)
+  images = jax.random.uniform(jax.random.key(2), (4, 12, 8, 3), minval=-1, maxval=1)
+  params = random_params(model, images)
+  logits = np.asarray(model.apply({'params': params}, images, train=False))
+  expected = np_mixer(jax.tree.map(lambda x: np.asarray(x, np.float64), params),
+                      np.asarray(images, np.float64), patch=2)
+  assert logits.shape == (4, 7)
+  rel_err = np.abs(logits - expected).max() / np.abs(expected).max()
+  assert rel_err < 1e-5
+
+
+def small_model(**kw):
+  return models.MlpMixer(num_classes=5, num_blocks=2, patch_size=4, hidden_dim=32,
+                         tokens_mlp_dim=16, channels_mlp_dim=64, **kw)
+
+
+def test_fresh_model_has_zero_logits_and_features_without_head():
+  images = jax.random.uniform(jax.random.key(0), (3, 16, 16, 3), minval=-1, maxval=1)
+  model = small_model()
+  variables = model.init(jax.random.key(1), images)
+  logits = model.apply(variables, images)
+  assert logits.shape == (3, 5) and not np.any(np.asarray(logits))
+  features = model.clone(num_classes=None).apply(
+      {'params': {k: v for k, v in variables['params'].items() if k != 'head'}}, images)
+  assert features.shape == (3, 32) and np.any(np.asarray(features))
+
+
+def test_stochastic_depth_acts_only_in_training():
+  images = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1, maxval=1)
+  model = small_model(stoch_depth=0.5)
+  params = random_params(model, images)
+  apply = lambda train, seed: model.apply({'params': params}, images, train=train,
+                                          rngs={'dropout': jax.random.key(seed)})
+  eval_out = apply(False, 0)
+  np.testing.assert_array_equal(eval_out, apply(False, 1))
+  train_a, train_b = apply(True, 0), apply(True, 1)
+  assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
+  # Rate 0 at the first block: with one block nothing can be dropped.
+  one_block = model.clone(num_blocks=1)
+  p1 = random_params(one_block, images)
+  np.testing.assert_allclose(
+      one_block.apply({'params': p1}, images, train=True, rngs={'dropout': jax.random.key(3)}),
+      one_block.apply({'params': p1}, images, train=False), rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  params = random_params(small_model(), images)
+  model16 = small_model(dtype=jnp.bfloat16)
+  params16 = model16.init(jax.random.key(0), images)['params']
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params16))
+  out16 = model16.apply({'params': params}, images)
+  out32 = small_model().apply({'params': params}, images)
+  assert out16.dtype == jnp.float32
+  np.testing.assert_allclose(out16, out32, rtol=0.1, atol=0.1 * float(jnp.abs(out32).max()))
