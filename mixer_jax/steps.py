@@ -58,7 +58,10 @@ def make_train_step(model, learning_rate_fn, mesh) -> Callable[..., Any]:
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       return loss, logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Differentiate this device's copy: otherwise shard_map's transpose of the implicit
+    # broadcast would already sum gradients over devices, and the pmean below would not average.
+    params = jax.lax.pcast(state.params, AXIS, to='varying')
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = {
         'loss': loss,

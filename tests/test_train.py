@@ -1,0 +1,135 @@
+"""End-to-end training on the bundled digits: outputs, exact resume, data parallelism."""
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import digits
+from mixer_jax import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def small_config(**overrides):
+  config = digits.get_config()
+  config.update(dict(total_steps=40, warmup_steps=10, log_every=10, eval_every=20,
+                     checkpoint_every=20), **overrides)
+  return config
+
+
+def restore_params(workdir, step):
+  """Parameters of a checkpoint, on this process's first device whatever it was saved from."""
+  on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'default'
+  with ocp.StandardCheckpointer() as checkpointer:
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    return checkpointer.restore(path, target)['params']
+
+
+def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True):
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         'JAX_PLATFORMS': 'cpu'}
+  cmd = [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *flags]
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, cwd=ROOT)
+  if not wait:
+    return proc
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  finally:
+    proc.kill()
+  return proc.returncode, out
+
+
+def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path):
+  results = trainer.train_and_evaluate(small_config(total_steps=60), str(tmp_path))
+  assert results['test_accuracy'] > 0.6  # chance is 0.1
+  assert json.loads((tmp_path / 'results.json').read_text()) == results
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  train = [r for r in records if r['split'] == 'train']
+  assert [r['step'] for r in train] == [10, 20, 30, 40, 50, 60]
+  assert train[-1]['loss'] < train[0]['loss']
+  assert [r['step'] for r in records if r['split'] == 'test'] == [20, 40, 60]
+  assert list(tmp_path.glob('events.out.tfevents.*'))
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()) == [20, 40, 60]
+
+
+def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path):
+  config = small_config()
+  trainer.train_and_evaluate(config, str(tmp_path))
+  uninterrupted = restore_params(tmp_path, 40)
+  # Lose everything after step 20, as a run killed between checkpoints would.
+  for path in (tmp_path / 'checkpoints' / '40', tmp_path / 'results.json'):
+    subprocess.run(['rm', '-r', str(path)], check=True)
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  assert results['step'] == 40
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               restore_params(tmp_path, 40), uninterrupted)
+
+
+def test_eight_devices_train_like_one(tmp_path):
+  # SGD, not Adam: the token-mixing output biases get an exactly-zero gradient (the next
+  # LayerNorm removes per-token constants), and Adam would blow its rounding noise up to lr.
+  overrides = dict(total_steps=20, warmup_steps=5, checkpoint_every=20, eval_every=100,
+                   optimizer='sgd', learning_rate=0.1)
+  code, out = run_train_py(tmp_path / 'eight', *[f'--config.{k}={v}' for k, v in overrides.items()],
+                           devices=8)
+  assert code == 0, out
+  trainer.train_and_evaluate(small_config(**overrides), str(tmp_path / 'one'))
+  eight, one = restore_params(tmp_path / 'eight', 20), restore_params(tmp_path / 'one', 20)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eight, one)
+
+
+def test_batch_that_does_not_split_over_devices_is_a_clear_error(tmp_path):
+  code, out = run_train_py(tmp_path, '--config.batch_size=12', devices=8)
+  assert code != 0
+  assert 'batch_size=12 does not divide evenly over 8 devices' in out
+  assert 'multiple of 8' in out
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+  flags = ['--config.total_steps=300', '--config.checkpoint_every=50', '--config.eval_every=1000']
+  proc = run_train_py(tmp_path, *flags, wait=False)
+  try:
+    deadline = time.time() + 240
+    while not (tmp_path / 'checkpoints' / '100').is_dir():
+      assert proc.poll() is None and time.time() < deadline, 'no checkpoint at step 100'
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    proc.kill()
+  assert not (tmp_path / 'results.json').exists()
+
+  code, out = run_train_py(tmp_path, *flags)
+  assert code == 0, out
+  resumed_at = int(re.search(r'Resumed from .* at step (\d+)', out).group(1))
+  assert 100 <= resumed_at < 300
+  assert json.loads((tmp_path / 'results.json').read_text())['step'] == 300
+  train_steps = [json.loads(line)['step'] for line in
+                 (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert train_steps[-1] == 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('devices', [1, 8])
+def test_default_digits_run_reaches_95_percent(tmp_path, devices):
+  """The README's first command, as a user runs it: `python train.py` with no flags."""
+  start = time.time()
+  code, out = run_train_py(tmp_path, devices=devices)
+  assert code == 0, out
+  accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
+  assert accuracy >= 0.95
+  assert json.loads((tmp_path / 'results.json').read_text())['test_accuracy'] == pytest.approx(
+      accuracy, abs=1e-4)
+  assert time.time() - start < 300
