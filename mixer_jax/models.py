@@ -9,6 +9,8 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mixer_jax.errors import UserError
+
 # Paper Table 1: blocks N, patch P, hidden C, token-MLP D_S, channel-MLP D_C.
 VARIANTS = {
     'S/32': dict(num_blocks=8, patch_size=32, hidden_dim=512, tokens_mlp_dim=256, channels_mlp_dim=2048),
@@ -69,7 +71,7 @@ class MlpMixer(nn.Module):
     _, height, width, _ = images_BHWC.shape
     p = self.patch_size
     if height % p or width % p:
-      raise ValueError(
+      raise UserError(
           f'Image size {height}x{width} is not a multiple of the patch size {p}: '
           f'use a resolution divisible by {p} (e.g. {max(height // p, 1) * p}).')
     x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), dtype=self.dtype, name='stem')(images_BHWC)
@@ -90,5 +92,5 @@ def create_model(variant: str, num_classes: Optional[int] = 1000, **overrides) -
   """A Table 1 variant by name ('B/16' or 'Mixer-B/16'); keyword overrides win."""
   name = variant.removeprefix('Mixer-')
   if name not in VARIANTS:
-    raise ValueError(f'Unknown Mixer variant {variant!r}: choose one of {", ".join(VARIANTS)}.')
+    raise UserError(f'Unknown Mixer variant {variant!r}: choose one of {", ".join(VARIANTS)}.')
   return MlpMixer(num_classes=num_classes, **{**VARIANTS[name], **overrides})

@@ -2,6 +2,8 @@
 import jax
 import optax
 
+from mixer_jax.errors import UserError
+
 
 def create_learning_rate_fn(config) -> optax.Schedule:
   """Linear warmup from 0, then cosine or linear decay to 0 at `total_steps`."""
@@ -12,7 +14,7 @@ def create_learning_rate_fn(config) -> optax.Schedule:
   elif config.lr_decay == 'linear':
     decay = optax.linear_schedule(config.learning_rate, 0.0, decay_steps)
   else:
-    raise ValueError(f"Unknown lr_decay {config.lr_decay!r}: use 'cosine' or 'linear'.")
+    raise UserError(f"Unknown lr_decay {config.lr_decay!r}: use 'cosine' or 'linear'.")
   return optax.join_schedules([warmup, decay], [config.warmup_steps])
 
 
@@ -27,5 +29,5 @@ def create_optimizer(config, learning_rate_fn: optax.Schedule) -> optax.Gradient
     opt = optax.chain(optax.add_decayed_weights(config.weight_decay),
                       optax.sgd(learning_rate_fn, momentum=0.9))
   else:
-    raise ValueError(f"Unknown optimizer {config.optimizer!r}: use 'adam' or 'sgd'.")
+    raise UserError(f"Unknown optimizer {config.optimizer!r}: use 'adam' or 'sgd'.")
   return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)

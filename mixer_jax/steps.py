@@ -13,6 +13,8 @@ import optax
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mixer_jax.errors import UserError
+
 AXIS = 'batch'
 
 
@@ -24,7 +26,7 @@ def create_mesh() -> jax.sharding.Mesh:
 def check_batch_size(batch_size: int, num_devices: int, name: str = 'batch_size') -> int:
   """The per-device batch; a global batch that does not split evenly is a config error."""
   if batch_size % num_devices:
-    raise ValueError(
+    raise UserError(
         f'{name}={batch_size} does not divide evenly over {num_devices} devices: use a '
         f'multiple of {num_devices} (e.g. {max(batch_size // num_devices, 1) * num_devices}).')
   return batch_size // num_devices

@@ -1,6 +1,7 @@
 """Training and evaluation loop: data-parallel over every device, resumable from the workdir."""
 import json
 import pathlib
+import signal
 import time
 from typing import Any
 
@@ -12,7 +13,9 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
+from mixer_jax import checkpoints as ckpt
 from mixer_jax import input_pipeline, models, optim, steps
 
 
@@ -36,22 +39,69 @@ def evaluate(eval_step, state, config, mesh, split: str = 'test') -> dict[str, f
           'accuracy': totals['correct'] / totals['count']}
 
 
+def fetch_finite(records, latest_checkpoint) -> list[dict[str, float]]:
+  """Host copies of each (step, metrics); a non-finite loss or gradient norm stops the run.
+
+  Called before every checkpoint save, so a diverged state is never saved.
+  """
+  host = []
+  for step, metrics in records:
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not (np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm'])):
+      kept = (f'The newest checkpoint, step {latest_checkpoint}, holds the last good state and '
+              'stays the latest' if latest_checkpoint is not None else 'No checkpoint was saved')
+      raise FloatingPointError(
+          f"Training diverged at step {step}: loss {metrics['loss']}, gradient norm "
+          f"{metrics['grad_norm']}. {kept}. Lower --config.learning_rate or lengthen "
+          '--config.warmup_steps, then rerun the same command to resume.')
+    host.append(metrics)
+  return host
+
+
+class Preemption:
+  """Whether the scheduler asked the run to stop (SIGTERM), at a step all processes agree on."""
+
+  def __init__(self):
+    self.requested = False
+    self.multi_process = jax.process_count() > 1
+
+  def __enter__(self):
+    # Across processes JAX's preemption service catches SIGTERM and picks the step.
+    if not self.multi_process:
+      self.previous = signal.signal(signal.SIGTERM, self._request)
+    return self
+
+  def _request(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def __exit__(self, *exc):
+    if not self.multi_process:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
 class MetricsLog:
   """TensorBoard events (through clu) plus one JSON line per record, from process 0 only."""
 
   def __init__(self, workdir: pathlib.Path):
     self.is_main = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not self.is_main)
+    self.writer = metric_writers.create_default_writer(str(workdir)) if self.is_main else None
     self.path = workdir / 'metrics.jsonl'
 
   def write(self, step: int, split: str, metrics: dict[str, float]):
-    self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
     if self.is_main:
+      self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
       with self.path.open('a') as f:
         f.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
 
   def close(self):
-    self.writer.close()
+    if self.is_main:
+      self.writer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -73,14 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   image_shape = (config.image_size, config.image_size, 3)
   state = steps.create_train_state(model, tx, image_shape, init_rng, mesh)
 
-  checkpoints = ocp.CheckpointManager(
-      workdir / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints))
-  start_step = 0
-  if checkpoints.latest_step() is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(abstract))
-    start_step = int(state.step)
+  checkpoints = ckpt.manager(workdir, config.keep_checkpoints)
+  state, start_step = ckpt.restore_latest(checkpoints, state)
+  if start_step:
     logging.info('Resumed from %s at step %d.', checkpoints.directory, start_step)
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
@@ -91,34 +136,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = input_pipeline.create_train_dataset(
       config, start_step, jax.process_index(), jax.process_count()).as_numpy_iterator()
   # Several CPU devices on few cores can deadlock in all-reduce with more than one step in
-  # flight; accelerators keep asynchronous dispatch and sync only when logging.
+  # flight; accelerators keep asynchronous dispatch and sync only to log and save.
   one_step_in_flight = jax.default_backend() == 'cpu'
 
   progress = tqdm.tqdm(total=config.total_steps, initial=start_step, unit='step',
                        disable=jax.process_index() != 0, mininterval=1.0)
-  pending, interval_start = [], time.perf_counter()
-  for step in range(start_step + 1, config.total_steps + 1):
-    state, metrics = train_step(state, steps.shard_batch(next(train_iter), mesh), dropout_rng)
-    if one_step_in_flight:
-      jax.block_until_ready(metrics)
-    pending.append(metrics)
-    progress.update(1)
+  unchecked, window, window_start = [], [], time.perf_counter()
+  step = start_step
+  with Preemption() as preemption:
+    try:
+      for step in range(start_step + 1, config.total_steps + 1):
+        state, metrics = train_step(state, steps.shard_batch(next(train_iter), mesh), dropout_rng)
+        unchecked.append((step, metrics))
+        progress.update(1)
+        preempted = preemption.reached(step)
+        log_now = step % config.log_every == 0 or step == config.total_steps
+        save_now = step % config.checkpoint_every == 0 or step == config.total_steps or preempted
+        if one_step_in_flight or log_now or save_now:
+          window += fetch_finite(unchecked, checkpoints.latest_step())
+          unchecked = []
 
-    if step % config.log_every == 0 or step == config.total_steps:
-      summary = {k: float(np.mean(v)) for k, v in
-                 jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}
-      summary['steps_per_sec'] = len(pending) / (time.perf_counter() - interval_start)
-      log.write(step, 'train', summary)
-      progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
-      pending, interval_start = [], time.perf_counter()
-    if step % config.eval_every == 0 and step != config.total_steps:
-      log.write(step, 'test', evaluate(eval_step, state, config, mesh))
-    if step % config.checkpoint_every == 0 or step == config.total_steps:
-      checkpoints.save(step, args=ocp.args.StandardSave(state))
-  progress.close()
-  checkpoints.wait_until_finished()
-  checkpoints.close()
+        if log_now:
+          summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          summary['steps_per_sec'] = len(window) / (time.perf_counter() - window_start)
+          log.write(step, 'train', summary)
+          progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
+          window, window_start = [], time.perf_counter()
+        if step % config.eval_every == 0 and step != config.total_steps:
+          log.write(step, 'test', evaluate(eval_step, state, config, mesh))
+        if save_now:
+          checkpoints.save(step, args=ocp.args.StandardSave(state))
+        if preempted:
+          break
+    finally:
+      progress.close()
+      checkpoints.wait_until_finished()
+      checkpoints.close()
 
+  if step < config.total_steps:
+    log.close()
+    logging.warning('Stopped on SIGTERM at step %d after saving a checkpoint; rerun the same '
+                    'command to resume.', step)
+    return {'step': step, 'preempted': True}
   results = evaluate(eval_step, state, config, mesh)
   log.write(config.total_steps, 'test', results)
   log.close()

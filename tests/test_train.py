@@ -97,28 +97,76 @@ def test_batch_that_does_not_split_over_devices_is_a_clear_error(tmp_path):
   assert 'multiple of 8' in out
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
-  flags = ['--config.total_steps=300', '--config.checkpoint_every=50', '--config.eval_every=1000']
-  proc = run_train_py(tmp_path, *flags, wait=False)
+def wait_for(path, proc, timeout=240):
+  deadline = time.time() + timeout
+  while not path.exists():
+    assert proc.poll() is None, proc.communicate()[0]
+    assert time.time() < deadline, f'{path} did not appear'
+    time.sleep(0.2)
+
+
+def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
+  overrides = dict(total_steps=120, warmup_steps=10, checkpoint_every=20, eval_every=1000)
+  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
+  proc = run_train_py(tmp_path / 'killed', *flags, wait=False)
   try:
-    deadline = time.time() + 240
-    while not (tmp_path / 'checkpoints' / '100').is_dir():
-      assert proc.poll() is None and time.time() < deadline, 'no checkpoint at step 100'
-      time.sleep(0.2)
+    wait_for(tmp_path / 'killed' / 'checkpoints' / '60', proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   finally:
     proc.kill()
-  assert not (tmp_path / 'results.json').exists()
+  assert not (tmp_path / 'killed' / 'results.json').exists()
 
-  code, out = run_train_py(tmp_path, *flags)
+  code, out = run_train_py(tmp_path / 'killed', *flags)
   assert code == 0, out
   resumed_at = int(re.search(r'Resumed from .* at step (\d+)', out).group(1))
-  assert 100 <= resumed_at < 300
-  assert json.loads((tmp_path / 'results.json').read_text())['step'] == 300
-  train_steps = [json.loads(line)['step'] for line in
-                 (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert train_steps[-1] == 300
+  assert 60 <= resumed_at < 120
+  assert json.loads((tmp_path / 'killed' / 'results.json').read_text())['step'] == 120
+  trainer.train_and_evaluate(small_config(**overrides), str(tmp_path / 'whole'))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               restore_params(tmp_path / 'killed', 120), restore_params(tmp_path / 'whole', 120))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  proc = run_train_py(tmp_path, '--config.total_steps=5000', '--config.checkpoint_every=4000',
+                      '--config.log_every=5', wait=False)
+  try:
+    wait_for(tmp_path / 'metrics.jsonl', proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, out
+  stopped_at = int(re.search(r'Stopped at step (\d+) on SIGTERM', out).group(1))
+  assert 5 <= stopped_at < 4000
+  assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] == [str(stopped_at)]
+  assert restore_params(tmp_path, stopped_at)['head']['kernel'].shape == (128, 10)
+  assert not (tmp_path / 'results.json').exists()
+
+
+def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  trainer.train_and_evaluate(small_config(total_steps=20), str(tmp_path))
+  with pytest.raises(FloatingPointError, match=r'diverged at step 2\d: loss (nan|inf).*'
+                     r'newest checkpoint, step 20, holds the last good state'):
+    trainer.train_and_evaluate(small_config(total_steps=40, learning_rate=1e30), str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['20']
+  params = restore_params(tmp_path, 20)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--config.foo=1'], r'--config.foo: no such field in .*digits.py. Its fields are: .*batch_size'),
+    (['--config.model.widht=3'], r'--config.model.widht: no such field'),
+    (['--config.batch_size=abc'], r'--config.batch_size=abc: invalid literal'),
+    (['--config.image_size=15'], r'Image size 15x15 is not a multiple of the patch size 4'),
+    (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': choose one of digits, folder"),
+    (['--num_processes=2'], r'needs --coordinator_address'),
+])
+def test_bad_input_is_one_clear_message_without_traceback(tmp_path, flags, message):
+  code, out = run_train_py(tmp_path, *flags)
+  assert code != 0
+  assert re.search(message, out), out
+  assert 'Traceback' not in out
 
 
 @pytest.mark.slow
