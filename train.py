@@ -114,10 +114,12 @@ def main(argv):
     results = trainer.train_and_evaluate(flags.FLAGS.config, workdir)
   except (errors.UserError, FloatingPointError) as e:
     sys.exit(f'error: {e}')
+  if jax.process_index() != 0:
+    return
   if results.get('preempted'):
     print(f"Stopped at step {results['step']} on SIGTERM; the checkpoint is saved in {workdir}. "
           'Run the same command to resume.')
-  elif jax.process_index() == 0:
+  else:
     print(f"Final test accuracy: {results['test_accuracy']:.4f} "
           f"(step {results['step']}; written to {os.path.join(workdir, 'results.json')})")
 

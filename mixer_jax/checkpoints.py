@@ -36,7 +36,8 @@ def manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
   # Saves are asynchronous and atomic: a step folder appears only once it is complete, so a
   # run killed while writing leaves the previous checkpoints as they were.
   return ocp.CheckpointManager(workdir / 'checkpoints',
-                               options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+                               options=ocp.CheckpointManagerOptions(max_to_keep=keep),
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state):
@@ -50,19 +51,17 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state):
       f'was deleted. Move that folder out of {checkpoints.directory} to resume from the '
       f'checkpoint before it, or use a new --workdir to start afresh.')
   try:
-    with ocp.StandardCheckpointer() as reader:
-      found = reader.metadata(path / 'default').item_metadata.tree
+    found = checkpoints.item_metadata(step).tree
   except Exception as e:  # orbax and tensorstore raise many kinds of errors here
-    raise UserError(unreadable.format(error=str(e).splitlines()[0])) from e
+    raise UserError(unreadable.format(error=(str(e).splitlines() or [type(e).__name__])[0])) from e
   mismatches = tree_mismatches(state.params, found.get('params', {}))
   if mismatches:
     raise UserError(
         f'The checkpoint {path} holds another model than the config describes:\n  '
-        + '\n  '.join(mismatches[:20]) + ('\n  ...' if len(mismatches) > 20 else '')
-        + f'\nResume with the config this run started with (saved as config.json beside '
-        f'checkpoints/), or train the new model in a new --workdir.')
+        + '\n  '.join(mismatches) + '\nResume with the config this run started with '
+        '(saved as config.json beside checkpoints/), or train the new model in a new --workdir.')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract)), step
   except Exception as e:
-    raise UserError(unreadable.format(error=str(e).splitlines()[0])) from e
+    raise UserError(unreadable.format(error=(str(e).splitlines() or [type(e).__name__])[0])) from e

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from configs import digits
 from mixer_jax import input_pipeline
+from mixer_jax.errors import UserError
 
 
 @pytest.fixture
@@ -91,3 +92,76 @@ def test_unknown_dataset_is_a_clear_error():
   config = ml_collections.ConfigDict({'dataset': 'mnist'})
   with pytest.raises(ValueError, match="Unknown dataset 'mnist'.*digits"):
     input_pipeline.load_split(config, 'train')
+
+
+# --- Image folders: <root>/{train,test}/<class>/*.{jpg,png} ---
+
+def make_image_folder(root, classes=('cat', 'dog', 'fox'), per_class=4, seed=0):
+  """Small PNG and JPEG files of mixed sizes; class k is brightest in channel k."""
+  rng = np.random.default_rng(seed)
+  for split in ('train', 'test'):
+    for k, name in enumerate(classes):
+      folder = root / split / name
+      folder.mkdir(parents=True)
+      for i in range(per_class):
+        h, w = rng.integers(12, 40, size=2)
+        image = rng.integers(0, 60, size=(h, w, 3)).astype(np.uint8)
+        image[..., k] += 180
+        encode, ext = (tf.io.encode_png, 'png') if i % 2 else (tf.io.encode_jpeg, 'jpg')
+        tf.io.write_file(str(folder / f'{i}.{ext}'), encode(image))
+  return root
+
+
+def folder_config(root):
+  config = digits.get_config()
+  config.update(dict(dataset='folder', data_dir=str(root), batch_size=4, eval_batch_size=4))
+  return config
+
+
+def test_image_folder_batches_have_configured_shape_and_labels(tmp_path):
+  config = folder_config(make_image_folder(tmp_path))
+  split = input_pipeline.load_split(config, 'train')
+  assert split.num_classes == 3 and len(split.labels) == 12
+  batch = batches(config, num=1)[0]
+  assert batch['image'].shape == (4, 16, 16, 3) and batch['image'].dtype == np.float32
+  assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+  # Shifts fill with -1 at the border: the class channel is brightest at the centre.
+  centre = batch['image'][:, 6:10, 6:10].mean(axis=(1, 2))
+  np.testing.assert_array_equal(centre.argmax(-1), batch['label'])
+
+
+def test_image_folder_skips_corrupt_files_and_logs_their_count(tmp_path, caplog):
+  root = make_image_folder(tmp_path)
+  (root / 'train' / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  (root / 'train' / 'cat' / 'empty.png').write_bytes(b'')
+  split = input_pipeline.load_image_folder(str(root), 'train')
+  assert len(split.labels) == 12
+  assert 'Skipped 2 corrupt or unreadable image(s)' in caplog.text and 'broken.jpg' in caplog.text
+
+
+def missing_root(root):
+  return root / 'nowhere'
+
+
+def class_unknown_to_train(root):
+  (root / 'test' / 'cat').rename(root / 'test' / 'lion')
+  return root
+
+
+def empty_class_folder(root):
+  for path in (root / 'test' / 'dog').iterdir():
+    path.unlink()
+  return root
+
+
+@pytest.mark.parametrize('damage, message', [
+    (missing_root, r'nowhere does not exist. Expected <data_dir>/train/<class>'),
+    (class_unknown_to_train,
+     r"Class folder 'lion' .* missing from the training split \(cat, dog, fox\)"),
+    (empty_class_folder,
+     r'test/dog holds no images \(.jpg, .jpeg, .png\): add images or remove the folder'),
+])
+def test_image_folder_problems_are_clear_errors(tmp_path, damage, message):
+  root = damage(make_image_folder(tmp_path))
+  with pytest.raises(UserError, match=message):
+    input_pipeline.load_image_folder(str(root), 'test')

@@ -181,3 +181,12 @@ def test_default_digits_run_reaches_95_percent(tmp_path, devices):
   assert json.loads((tmp_path / 'results.json').read_text())['test_accuracy'] == pytest.approx(
       accuracy, abs=1e-4)
   assert time.time() - start < 300
+
+
+def test_image_folder_trains_and_evaluates(tmp_path):
+  from test_input_pipeline import folder_config, make_image_folder
+  config = folder_config(make_image_folder(tmp_path / 'data'))
+  config.update(dict(total_steps=40, warmup_steps=5, log_every=10, eval_every=100,
+                     checkpoint_every=40))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['test_accuracy'] >= 0.75  # 12 test images of 3 classes; chance is 1/3
