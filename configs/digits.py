@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
       num_blocks=4, patch_size=4, hidden_dim=128, tokens_mlp_dim=64, channels_mlp_dim=256))
   config.stoch_depth = 0.0  # drop rate of the last block (stochastic depth)
   config.dtype = 'float32'  # compute dtype; 'bfloat16' on accelerators
+  # Start from these weights: .npz (official), .pth/.bin/.safetensors (timm), or a workdir.
+  # The head is replaced when the class count differs; an integer multiple of the weights'
+  # resolution expands the token-mixing MLPs (paper Appendix C).
+  config.init_from = ''
 
   # Optimisation.
   config.batch_size = 128  # global, over all devices and processes

@@ -1,10 +1,21 @@
-"""Checkpoints: orbax training checkpoints in the workdir, with errors that say what is wrong."""
+"""Checkpoints in and out: orbax training checkpoints, official .npz files, timm weights.
+
+Every loader returns a nested dict of NumPy arrays with the parameter names of
+`mixer_jax.models`; `adapt` fits such a tree to a model (new head, higher resolution) and
+names every path that does not fit.
+"""
+import math
+import os
 import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
+from flax.training import checkpoints as flax_checkpoints
 
+from mixer_jax import models
 from mixer_jax.errors import UserError
 
 
@@ -65,3 +76,202 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state):
     return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract)), step
   except Exception as e:
     raise UserError(unreadable.format(error=(str(e).splitlines() or [type(e).__name__])[0])) from e
+
+
+# --- Official .npz files (google-research/vision_transformer) ---
+
+def save_npz(params, path: str):
+  """Writes parameters as the official checkpoints store them: '/'-joined names -> arrays."""
+  np.savez(path, **{k: np.asarray(v) for k, v in flatten(params).items()})
+
+
+def load_npz(path: str) -> dict[str, Any]:
+  """An official (or `save_npz`) .npz file, in the linen or the older pre-linen naming."""
+  try:
+    with np.load(path) as f:
+      flat = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise UserError(f'Cannot read {path} as an .npz checkpoint ({e}).') from e
+  params = traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+  return _from_pre_linen(params) if 'Mixer' in params else params
+
+
+def _from_pre_linen(params):
+  """Renames `Mixer/encoderblock_{i}/..._mixing_phase_0/{kernel1,...}` etc. to linen names."""
+  params = flax_checkpoints.convert_pre_linen(params)  # LayerNorm_0, LayerNorm_2 -> _0, _1
+  mixer = dict(params.pop('Mixer'))
+  out = {'stem': params.pop('embedding'), 'pre_head_layer_norm': mixer.pop('encoder_norm'),
+         **params}
+  two_dense = lambda d: {f'Dense_{i}': {'kernel': np.squeeze(d[f'kernel{i + 1}']),
+                                        'bias': np.squeeze(d[f'bias{i + 1}'])} for i in (0, 1)}
+  for name, block in mixer.items():
+    block = dict(block)
+    block['token_mixing'] = two_dense(block.pop('token_mixing_phase_0'))
+    block['channel_mixing'] = two_dense(block.pop('channel_mixing_phase_0'))
+    out['MixerBlock_' + name.removeprefix('encoderblock_')] = block
+  return out
+
+
+# --- timm's MlpMixer (PyTorch) ---
+
+def _timm_names(num_blocks: int) -> dict[str, tuple[str, str]]:
+  """timm name -> (our name, how to convert: 'dense' transposes, 'conv' OIHW -> HWIO)."""
+  names = {'stem.proj.weight': ('stem/kernel', 'conv'), 'stem.proj.bias': ('stem/bias', ''),
+           'norm.weight': ('pre_head_layer_norm/scale', ''),
+           'norm.bias': ('pre_head_layer_norm/bias', ''),
+           'head.weight': ('head/kernel', 'dense'), 'head.bias': ('head/bias', '')}
+  for i in range(num_blocks):
+    for theirs, ours in (('norm1', 'LayerNorm_0'), ('norm2', 'LayerNorm_1')):
+      names[f'blocks.{i}.{theirs}.weight'] = (f'MixerBlock_{i}/{ours}/scale', '')
+      names[f'blocks.{i}.{theirs}.bias'] = (f'MixerBlock_{i}/{ours}/bias', '')
+    for theirs, ours in (('mlp_tokens', 'token_mixing'), ('mlp_channels', 'channel_mixing')):
+      for fc, dense in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
+        names[f'blocks.{i}.{theirs}.{fc}.weight'] = (f'MixerBlock_{i}/{ours}/{dense}/kernel', 'dense')
+        names[f'blocks.{i}.{theirs}.{fc}.bias'] = (f'MixerBlock_{i}/{ours}/{dense}/bias', '')
+  return names
+
+
+_TO_FLAX = {'': lambda w: w, 'dense': lambda w: w.T, 'conv': lambda w: w.transpose(2, 3, 1, 0)}
+_TO_TORCH = {'': lambda w: w, 'dense': lambda w: w.T, 'conv': lambda w: w.transpose(3, 2, 0, 1)}
+
+
+def from_timm(state_dict) -> dict[str, Any]:
+  """timm `MlpMixer` weights (a state dict of tensors or arrays) -> our parameter tree."""
+  arrays = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
+            for k, v in state_dict.items()}
+  num_blocks = len({k.split('.')[1] for k in arrays if k.startswith('blocks.')})
+  names = _timm_names(num_blocks)
+  unknown = sorted(arrays.keys() - names.keys())
+  if unknown:
+    raise UserError('Not a timm MlpMixer state dict: no counterpart for ' + ', '.join(unknown))
+  flat = {tuple(names[k][0].split('/')): _TO_FLAX[names[k][1]](v) for k, v in arrays.items()}
+  return traverse_util.unflatten_dict(flat)
+
+
+def to_timm(params) -> dict[str, np.ndarray]:
+  """Our parameter tree -> a timm `MlpMixer` state dict of NumPy arrays (torch.from_numpy each)."""
+  flat = flatten(params)
+  num_blocks = len({k.split('/')[0] for k in flat if k.startswith('MixerBlock_')})
+  return {theirs: np.ascontiguousarray(_TO_TORCH[how](np.asarray(flat[ours])))
+          for theirs, (ours, how) in _timm_names(num_blocks).items() if ours in flat}
+
+
+def load_timm(path: str) -> dict[str, Any]:
+  """A timm checkpoint file (.safetensors, .pth or .bin); needs torch except for safetensors."""
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file  # comes with timm
+    return from_timm(load_file(path))
+  import torch  # optional: only this conversion needs it
+  state_dict = torch.load(path, map_location='cpu', weights_only=True)
+  return from_timm(state_dict.get('state_dict', state_dict))
+
+
+# --- Starting from someone's weights ---
+
+def load_params(path: str) -> dict[str, Any]:
+  """Parameters from an .npz, a timm file, or one of our workdirs / orbax step folders."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise UserError(f'init_from={path} does not exist: give an .npz, .pth, .bin or '
+                    '.safetensors file, a workdir, or a workdir\'s checkpoints/<step> folder.')
+  if path.endswith('.npz'):
+    return load_npz(path)
+  if path.endswith(('.pth', '.bin', '.safetensors')):
+    return load_timm(path)
+  folder = pathlib.Path(path).absolute()
+  if (folder / 'checkpoints').is_dir():
+    folder = folder / 'checkpoints'
+  step = None
+  if (folder / 'default').is_dir():  # a checkpoints/<step> folder
+    folder, step = folder.parent, int(folder.name)
+  with ocp.CheckpointManager(folder, item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
+    step = checkpoints.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f'{path} holds no checkpoint.')
+    # Parameters only, as NumPy arrays: the optimiser state stays on disk.
+    found = checkpoints.item_metadata(step).tree['params']
+    target = {'params': jax.tree.map(lambda m: np.empty(m.shape, m.dtype), found)}
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    return checkpoints.restore(step, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=as_numpy, partial_restore=True))['params']
+
+
+def model_kwargs(params) -> dict[str, Any]:
+  """The architecture a parameter tree describes, and the resolution it was trained at."""
+  stem = params['stem']['kernel']
+  tokens = params['MixerBlock_0']['token_mixing']['Dense_0']['kernel']
+  grid = math.isqrt(tokens.shape[0])
+  return dict(num_blocks=sum(k.startswith('MixerBlock_') for k in params),
+              patch_size=stem.shape[0], hidden_dim=stem.shape[-1],
+              tokens_mlp_dim=tokens.shape[1],
+              channels_mlp_dim=params['MixerBlock_0']['channel_mixing']['Dense_0']['kernel'].shape[1],
+              num_classes=params['head']['kernel'].shape[1] if 'head' in params else None,
+              resolution=grid * stem.shape[0])
+
+
+def resolution_factor(params, image_size: int) -> int:
+  """K such that a model at `image_size` is the K x K expansion of `params` (1: same size)."""
+  kw = model_kwargs(params)
+  old, patch = kw['resolution'], kw['patch_size']
+  if image_size % old:
+    raise UserError(
+        f'The weights were trained at {old}x{old} (patch {patch}): a model at {image_size}x'
+        f'{image_size} cannot use their token-mixing weights. Fine-tune at {old}, or at an integer '
+        f'multiple of it ({", ".join(str(old * k) for k in (2, 3, 4))}, ...), where each token-'
+        'mixing MLP is expanded to one block per sub-image (paper Appendix C).')
+  return image_size // old
+
+
+def expand_token_mixing(params, factor: int):
+  """Token-mixing MLPs for `factor`-times the resolution: block-diagonal, one block per sub-image.
+
+  The image at the new resolution is split into factor x factor sub-images of the old size;
+  the tokens of each (in row-major order, not contiguous) are mixed by a copy of the old
+  weights, and the hidden width grows by factor^2 (paper Appendix C).
+  """
+  if factor == 1:
+    return params
+  tokens = next(iter(params[k] for k in params if k.startswith('MixerBlock_')))
+  grid = math.isqrt(tokens['token_mixing']['Dense_0']['kernel'].shape[0])
+  k = factor
+  # new_token[sub, t]: the row-major index at the new resolution of token t of sub-image sub.
+  r, c = np.divmod(np.arange(grid * grid), grid)
+  a, b = np.divmod(np.arange(k * k), k)
+  new_token = (a[:, None] * grid + r) * (k * grid) + b[:, None] * grid + c  # (k^2, S)
+  out = dict(params)
+  for name, block in params.items():
+    if not name.startswith('MixerBlock_'):
+      continue
+    w1, b1 = (np.asarray(block['token_mixing']['Dense_0'][n]) for n in ('kernel', 'bias'))
+    w2, b2 = (np.asarray(block['token_mixing']['Dense_1'][n]) for n in ('kernel', 'bias'))
+    s, d = w1.shape
+    new_w1, new_w2 = np.zeros((k * k * s, k * k * d), w1.dtype), np.zeros((k * k * d, k * k * s), w2.dtype)
+    new_b2 = np.zeros(k * k * s, b2.dtype)
+    for sub in range(k * k):
+      hidden = slice(sub * d, (sub + 1) * d)
+      new_w1[new_token[sub], hidden] = w1
+      new_w2[hidden, new_token[sub]] = w2
+      new_b2[new_token[sub]] = b2
+    out[name] = {**block, 'token_mixing': {
+        'Dense_0': {'kernel': new_w1, 'bias': np.tile(b1, k * k)},
+        'Dense_1': {'kernel': new_w2, 'bias': new_b2}}}
+  return out
+
+
+def adapt(loaded, init_params, factor: int = 1):
+  """Fits loaded parameters to a model whose fresh parameters are `init_params`.
+
+  Token mixing is expanded by `factor`; the head is kept when its class count matches and
+  replaced by the model's fresh (zero) head otherwise. Anything else that differs is an error
+  naming every offending path.
+  """
+  loaded = expand_token_mixing(dict(loaded), factor)
+  if 'head' in init_params and ('head' not in loaded or tree_mismatches(init_params['head'],
+                                                                        loaded['head'])):
+    loaded['head'] = init_params['head']
+  mismatches = tree_mismatches(init_params, loaded)
+  if mismatches:
+    raise UserError('The weights do not fit the model the config describes:\n  '
+                    + '\n  '.join(mismatches)
+                    + '\nChoose the variant (or model sizes) the weights were trained with.')
+  return jax.tree.map(lambda new, old: np.asarray(old, np.asarray(new).dtype), init_params, loaded)

@@ -26,12 +26,13 @@ VARIANTS = {
 class MlpBlock(nn.Module):
   """Dense -> GELU -> Dense over the last axis."""
   mlp_dim: int
+  approximate_gelu: bool = True  # tanh GELU, as the official code; False: exact, as PyTorch
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     y = nn.Dense(self.mlp_dim, dtype=self.dtype)(x)
-    y = nn.gelu(y)
+    y = nn.gelu(y, approximate=self.approximate_gelu)
     return nn.Dense(x.shape[-1], dtype=self.dtype)(y)
 
 
@@ -40,6 +41,7 @@ class MixerBlock(nn.Module):
   tokens_mlp_dim: int
   channels_mlp_dim: int
   drop_rate: float = 0.0  # stochastic depth: drop each residual branch per example
+  approximate_gelu: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -48,10 +50,12 @@ class MixerBlock(nn.Module):
     drop_path = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2), deterministic=not train)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x_BSC)
     y_BCS = jnp.swapaxes(y, 1, 2)
-    y_BCS = MlpBlock(self.tokens_mlp_dim, dtype=self.dtype, name='token_mixing')(y_BCS)
+    y_BCS = MlpBlock(self.tokens_mlp_dim, self.approximate_gelu, self.dtype,
+                     name='token_mixing')(y_BCS)
     x_BSC = x_BSC + drop_path(jnp.swapaxes(y_BCS, 1, 2))
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_1')(x_BSC)
-    y = MlpBlock(self.channels_mlp_dim, dtype=self.dtype, name='channel_mixing')(y)
+    y = MlpBlock(self.channels_mlp_dim, self.approximate_gelu, self.dtype,
+                 name='channel_mixing')(y)
     return x_BSC + drop_path(y)
 
 
@@ -64,6 +68,7 @@ class MlpMixer(nn.Module):
   tokens_mlp_dim: int
   channels_mlp_dim: int
   stoch_depth: float = 0.0  # drop rate of the last block; rises linearly from 0 at the first
+  approximate_gelu: bool = True  # tanh GELU, as the official code; False: exact, as timm
   dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
@@ -79,7 +84,8 @@ class MlpMixer(nn.Module):
     for i in range(self.num_blocks):
       rate = self.stoch_depth * i / max(self.num_blocks - 1, 1)
       x_BSC = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, drop_rate=rate,
-                         dtype=self.dtype, name=f'MixerBlock_{i}')(x_BSC, train)
+                         approximate_gelu=self.approximate_gelu, dtype=self.dtype,
+                         name=f'MixerBlock_{i}')(x_BSC, train)
     x_BSC = nn.LayerNorm(dtype=self.dtype, name='pre_head_layer_norm')(x_BSC)
     x_BC = jnp.mean(x_BSC, axis=1)
     if self.num_classes:

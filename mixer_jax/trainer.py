@@ -14,6 +14,7 @@ import tqdm
 from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixer_jax import checkpoints as ckpt
 from mixer_jax import input_pipeline, models, optim, steps
@@ -116,17 +117,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps.check_batch_size(config.batch_size, jax.device_count())
   steps.check_batch_size(config.eval_batch_size, jax.device_count(), 'eval_batch_size')
 
+  # Weights to start from are read first: their resolution decides the token-MLP width.
+  init_params = ckpt.load_params(config.init_from) if config.init_from else None
+  factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
   model = build_model(config, input_pipeline.num_classes(config))
+  if factor > 1:
+    model = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * factor ** 2)
+    logging.info('Fine-tuning at %dx the resolution of %s: token-mixing MLPs expanded to %d '
+                 'block-diagonal copies.', factor, config.init_from, factor ** 2)
   learning_rate_fn = optim.create_learning_rate_fn(config)
   tx = optim.create_optimizer(config, learning_rate_fn)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   image_shape = (config.image_size, config.image_size, 3)
   state = steps.create_train_state(model, tx, image_shape, init_rng, mesh)
 
+  # Resume order: this workdir's newest checkpoint, else the init_from weights, else scratch.
   checkpoints = ckpt.manager(workdir, config.keep_checkpoints)
   state, start_step = ckpt.restore_latest(checkpoints, state)
   if start_step:
     logging.info('Resumed from %s at step %d.', checkpoints.directory, start_step)
+  elif init_params is not None:
+    params = ckpt.adapt(init_params, jax.device_get(state.params), factor)
+    state = state.replace(params=jax.device_put(params, NamedSharding(mesh, P())))
+    logging.info('Initialised from %s.', config.init_from)
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 

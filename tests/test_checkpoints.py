@@ -9,7 +9,8 @@ from test_train import small_config
 
 
 def step_folders(workdir):
-  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir())
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
+                if p.name.isdigit())
 
 
 def test_tree_mismatches_name_every_offending_path():
@@ -55,3 +56,169 @@ def test_corrupt_checkpoint_is_a_clear_error_and_keeps_the_others(tmp_path, dama
                      r'truncated.*Nothing was deleted. Move that folder out'):
     trainer.train_and_evaluate(small_config(total_steps=30), str(tmp_path))
   assert step_folders(tmp_path) == [10, 20]
+
+
+# --- Weights in and out ---
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mixer_jax import models  # noqa: E402
+from test_models import random_params, small_model  # noqa: E402
+
+
+def params_equal(a, b):
+  assert checkpoints.tree_mismatches(a, b) == []
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.fixture
+def params():
+  return jax.device_get(random_params(small_model(), jnp.zeros((1, 16, 16, 3))))
+
+
+def test_npz_round_trip_is_identical(tmp_path, params):
+  checkpoints.save_npz(params, tmp_path / 'mixer.npz')
+  with np.load(tmp_path / 'mixer.npz') as f:
+    assert 'MixerBlock_1/token_mixing/Dense_0/kernel' in f.files  # the official key format
+  params_equal(checkpoints.load_npz(str(tmp_path / 'mixer.npz')), params)
+
+
+def test_pre_linen_npz_loads_to_the_same_tree(tmp_path, params):
+  # Pre-linen names: one module counter per parent (LayerNorm_0, LayerNorm_2) and
+  # Mixer/encoderblock_{i}/{token,channel}_mixing_phase_0/{kernel1,bias1,kernel2,bias2}.
+  flat = {'embedding/kernel': params['stem']['kernel'], 'embedding/bias': params['stem']['bias'],
+          'head/kernel': params['head']['kernel'], 'head/bias': params['head']['bias']}
+  for name in ('scale', 'bias'):
+    flat[f'Mixer/encoder_norm/{name}'] = params['pre_head_layer_norm'][name]
+  for i in range(2):
+    block = params[f'MixerBlock_{i}']
+    for ours, theirs in (('LayerNorm_0', 'LayerNorm_0'), ('LayerNorm_1', 'LayerNorm_2')):
+      for name in ('scale', 'bias'):
+        flat[f'Mixer/encoderblock_{i}/{theirs}/{name}'] = block[ours][name]
+    for mix in ('token_mixing', 'channel_mixing'):
+      for j in (0, 1):
+        for name in ('kernel', 'bias'):
+          flat[f'Mixer/encoderblock_{i}/{mix}_phase_0/{name}{j + 1}'] = block[mix][f'Dense_{j}'][name]
+  np.savez(tmp_path / 'old.npz', **flat)
+  params_equal(checkpoints.load_npz(str(tmp_path / 'old.npz')), params)
+
+
+def test_timm_conversion_round_trip(params):
+  state_dict = checkpoints.to_timm(params)
+  assert state_dict['stem.proj.weight'].shape == (32, 3, 4, 4)  # OIHW
+  assert state_dict['blocks.1.mlp_tokens.fc1.weight'].shape == (16, 16)  # (D_S, S)
+  assert state_dict['blocks.0.mlp_channels.fc2.weight'].shape == (32, 64)  # (C, D_C)
+  params_equal(checkpoints.from_timm(state_dict), params)
+
+
+def test_timm_model_and_ours_give_the_same_logits():
+  torch = pytest.importorskip('torch')
+  mlp_mixer = pytest.importorskip('timm.models.mlp_mixer')
+  torch.manual_seed(0)
+  # 32x32 images, patch 8 (S=16), C=64, D_S=32, D_C=256, 3 blocks; weights random, biases too.
+  theirs = mlp_mixer.MlpMixer(num_classes=7, img_size=32, patch_size=8, num_blocks=3,
+                              embed_dim=64, mlp_ratio=(0.5, 4.0)).eval()
+  with torch.no_grad():
+    for p in theirs.parameters():
+      p.normal_(0, 0.2)
+  ours = models.MlpMixer(num_classes=7, num_blocks=3, patch_size=8, hidden_dim=64,
+                         tokens_mlp_dim=32, channels_mlp_dim=256, approximate_gelu=False)
+  params = checkpoints.from_timm(theirs.state_dict())
+  images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = theirs(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  got = np.asarray(ours.apply({'params': params}, images))
+  assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+  # And back: our parameters load into timm unchanged.
+  theirs.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoints.to_timm(params).items()})
+
+
+def mosaic(images_2x2):
+  """Four (B, R, R, 3) image batches -> one (B, 2R, 2R, 3) batch, [[0, 1], [2, 3]]."""
+  top = np.concatenate(images_2x2[:2], axis=2)
+  bottom = np.concatenate(images_2x2[2:], axis=2)
+  return np.concatenate([top, bottom], axis=1)
+
+
+def test_expanded_model_on_a_mosaic_averages_the_original_logits(params):
+  model = small_model()  # 16x16 images, patch 4: a 4x4 token grid
+  big = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * 4)
+  expanded = checkpoints.expand_token_mixing(params, 2)
+  assert checkpoints.tree_mismatches(
+      big.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'], expanded) == []
+  rng = np.random.default_rng(1)
+  quarters = [rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32) for _ in range(4)]
+  small_logits = [np.asarray(model.apply({'params': params}, q)) for q in quarters]
+  big_logits = np.asarray(big.apply({'params': expanded}, mosaic(quarters)))
+  expected = np.mean(small_logits, axis=0)
+  assert np.abs(big_logits - expected).max() / np.abs(expected).max() < 1e-5
+  same = np.asarray(big.apply({'params': expanded}, mosaic([quarters[0]] * 4)))
+  assert np.abs(same - small_logits[0]).max() / np.abs(small_logits[0]).max() < 1e-5
+
+
+def test_resolution_that_is_not_a_multiple_is_a_clear_error(params):
+  assert checkpoints.resolution_factor(params, 48) == 3
+  with pytest.raises(UserError, match=r'trained at 16x16 \(patch 4\).*24x24.*32, 48, 64'):
+    checkpoints.resolution_factor(params, 24)
+
+
+def test_adapt_replaces_the_head_only_when_the_class_count_differs(params):
+  same = checkpoints.adapt(params, params)
+  np.testing.assert_array_equal(same['head']['kernel'], params['head']['kernel'])
+  other = small_model().clone(num_classes=3).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  adapted = checkpoints.adapt(params, jax.device_get(other['params']))
+  assert adapted['head']['kernel'].shape == (32, 3) and not adapted['head']['kernel'].any()
+  np.testing.assert_array_equal(adapted['stem']['kernel'], params['stem']['kernel'])
+
+
+@pytest.mark.parametrize('change, expected', [
+    (lambda p: p['MixerBlock_0'].pop('LayerNorm_1'),
+     'MixerBlock_0/LayerNorm_1/bias: expected (32,), missing'),
+    (lambda p: p.update(MixerBlock_2=p['MixerBlock_1']),
+     'MixerBlock_2/LayerNorm_0/bias: unexpected, found (32,)'),
+    (lambda p: p['MixerBlock_1']['channel_mixing']['Dense_0'].update(kernel=np.zeros((32, 48))),
+     'MixerBlock_1/channel_mixing/Dense_0/kernel: expected (32, 64), found (32, 48)'),
+])
+def test_weights_that_do_not_fit_name_every_offending_path(params, change, expected):
+  loaded = jax.tree.map(np.copy, params)
+  loaded = {k: dict(v) if isinstance(v, dict) else v for k, v in loaded.items()}
+  loaded['MixerBlock_0'] = {k: dict(v) for k, v in loaded['MixerBlock_0'].items()}
+  loaded['MixerBlock_1'] = {k: {kk: dict(vv) if isinstance(vv, dict) else vv
+                                for kk, vv in v.items()} for k, v in loaded['MixerBlock_1'].items()}
+  change(loaded)
+  with pytest.raises(UserError, match='do not fit the model') as error:
+    checkpoints.adapt(loaded, params)
+  assert expected in str(error.value)
+
+
+def test_weights_of_another_variant_are_a_clear_error():
+  s32 = jax.eval_shape(lambda: models.create_model('S/32', 10).init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3))))['params']
+  b32 = jax.eval_shape(lambda: models.create_model('B/32', 10).init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3))))['params']
+  lines = checkpoints.tree_mismatches(s32, b32)
+  assert 'stem/kernel: expected (32, 32, 3, 512), found (32, 32, 3, 768)' in lines
+  assert 'MixerBlock_8/LayerNorm_0/bias: unexpected, found (768,)' in lines
+
+
+def test_orbax_workdir_loads_parameters_only(tmp_path):
+  trainer.train_and_evaluate(small_config(total_steps=10, checkpoint_every=5), str(tmp_path))
+  newest = checkpoints.load_params(str(tmp_path))
+  older = checkpoints.load_params(str(tmp_path / 'checkpoints' / '5'))
+  assert set(newest) >= {'stem', 'head', 'MixerBlock_3'} and 'opt_state' not in newest
+  assert isinstance(newest['stem']['kernel'], np.ndarray)
+  assert not np.array_equal(newest['stem']['kernel'], older['stem']['kernel'])
+
+
+def test_checkpoint_left_half_written_by_a_kill_is_ignored(tmp_path):
+  trainer.train_and_evaluate(small_config(total_steps=20, checkpoint_every=10), str(tmp_path))
+  # What a SIGKILL during the save of step 30 leaves: orbax's temporary folder, never renamed.
+  partial = tmp_path / 'checkpoints' / '30.orbax-checkpoint-tmp-1795620000'
+  (partial / 'default').mkdir(parents=True)
+  (partial / 'default' / 'manifest.ocdbt').write_bytes(b'\x00' * 10)
+  results = trainer.train_and_evaluate(small_config(total_steps=30, checkpoint_every=10),
+                                       str(tmp_path))
+  assert results['step'] == 30
+  assert step_folders(tmp_path)[-1] == 30

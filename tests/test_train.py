@@ -161,6 +161,8 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
     (['--config.image_size=15'], r'Image size 15x15 is not a multiple of the patch size 4'),
     (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': choose one of digits, folder"),
     (['--num_processes=2'], r'needs --coordinator_address'),
+    (['--config.init_from=/nowhere/Mixer-B_16.npz'], r'init_from=/nowhere/Mixer-B_16.npz does not '
+                                                     r'exist: give an .npz, .pth'),
 ])
 def test_bad_input_is_one_clear_message_without_traceback(tmp_path, flags, message):
   code, out = run_train_py(tmp_path, *flags)
@@ -190,3 +192,14 @@ def test_image_folder_trains_and_evaluates(tmp_path):
                      checkpoint_every=40))
   results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['test_accuracy'] >= 0.75  # 12 test images of 3 classes; chance is 1/3
+
+
+def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
+  at16 = trainer.train_and_evaluate(small_config(total_steps=150), str(tmp_path / 'at16'))
+  code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
+                           '--config.image_size=32', '--config.total_steps=30',
+                           '--config.warmup_steps=5', '--config.learning_rate=1e-3')
+  assert code == 0, out
+  assert 'Fine-tuning at 2x the resolution' in out and 'expanded to 4 block-diagonal' in out
+  accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
+  assert accuracy >= min(0.9, at16['test_accuracy'] - 0.05)  # keeps what it learnt at 16x16
