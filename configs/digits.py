@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   # with `model` fields overriding them.
   config.variant = ''
   config.model = ml_collections.ConfigDict(dict(
-      num_blocks=4, patch_size=4, hidden_dim=128, tokens_mlp_dim=64, channels_mlp_dim=256))
+      num_blocks=4, patch_size=4, hidden_dim=128, tokens_mlp_dim=64, channels_mlp_dim=256,
+      approximate_gelu=True))  # False: exact GELU, as timm's weights expect
   config.stoch_depth = 0.0  # drop rate of the last block (stochastic depth)
   config.dtype = 'float32'  # compute dtype; 'bfloat16' on accelerators
   # Start from these weights: .npz (official), .pth/.bin/.safetensors (timm), or a workdir.
