@@ -120,7 +120,8 @@ def main(argv):
     print(f"Stopped at step {results['step']} on SIGTERM; the checkpoint is saved in {workdir}. "
           'Run the same command to resume.')
   else:
-    print(f"Final test accuracy: {results['test_accuracy']:.4f} "
+    split = flags.FLAGS.config.eval_split
+    print(f"Final {split} accuracy: {results[f'{split}_accuracy']:.4f} "
           f"(step {results['step']}; written to {os.path.join(workdir, 'results.json')})")
 
 

@@ -10,12 +10,21 @@ import os
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from absl import logging
 
 from mixer_jax.errors import UserError
 
-DATASETS = ('digits', 'folder')
+IN_MEMORY = ('digits', 'folder')  # any other name is a tensorflow-datasets name
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+# The paper's splits (following ViT): a slice of train validates, the test split reports.
+TFDS_SPLITS = {
+    'cifar10': {'train': 'train[:98%]', 'validation': 'train[98%:]', 'test': 'test'},
+    'cifar100': {'train': 'train[:98%]', 'validation': 'train[98%:]', 'test': 'test'},
+    'oxford_iiit_pet': {'train': 'train[:90%]', 'validation': 'train[90%:]', 'test': 'test'},
+    'oxford_flowers102': {'train': 'train[:90%]', 'validation': 'train[90%:]', 'test': 'test'},
+    'imagenet2012': {'train': 'train[:99%]', 'validation': 'train[99%:]', 'test': 'validation'},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +50,7 @@ def load_digits(split: str) -> Split:
     return Split(train_x, train_y, num_classes=10)
   if split == 'test':
     return Split(test_x, test_y, num_classes=10)
-  raise ValueError(f"Unknown split {split!r} of 'digits': use 'train' or 'test'.")
+  raise UserError(f"Unknown split {split!r} of 'digits': use 'train' or 'test'.")
 
 
 def _is_decodable(path: str) -> bool:
@@ -98,7 +107,71 @@ def load_split(config, split: str) -> Split:
     return load_digits(split)
   if config.dataset == 'folder':
     return load_image_folder(config.data_dir, split)
-  raise UserError(f'Unknown dataset {config.dataset!r}: choose one of {", ".join(DATASETS)}.')
+  raise ValueError(f'{config.dataset} is not an in-memory data set')
+
+
+def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1,
+              shuffle_files: bool = False):
+  """(dataset of (encoded image, label), info) for this process's part of `split`.
+
+  Never downloads: a data set that is not prepared under `data_dir` is an error at once.
+  """
+  name = config.dataset
+  tfds_split = TFDS_SPLITS.get(name, {'train': 'train', 'validation': 'validation',
+                                      'test': 'test'})[split]
+  where = config.data_dir or '~/tensorflow_datasets'
+  try:
+    return tfds.load(
+        name, split=tfds.even_splits(tfds_split, n=process_count)[process_index],
+        data_dir=config.data_dir or None, download=False, with_info=True, as_supervised=True,
+        shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
+        decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
+                    'tensorflow-datasets name such as cifar10, cifar100, oxford_iiit_pet, '
+                    'oxford_flowers102 or imagenet2012.') from e
+  except AssertionError as e:  # tfds' way of saying the prepared files are not there
+    raise UserError(
+        f'Data set {name!r} is not prepared in {where}, and runs never download. On a machine '
+        f'with internet run `tfds build {name} --data_dir=DIR` (imagenet2012 first needs the '
+        'ILSVRC2012 tar files in DIR/downloads/manual), copy DIR here, and pass '
+        f'--config.data_dir=DIR.') from e
+
+
+def count_examples(ds) -> int:
+  return int(ds.reduce(0, lambda n, _: n + 1))
+
+
+def inception_crop(image, seed, area_range=(0.05, 1.0)):
+  """A random crop of `area_range` of the image's area and aspect ratio in [3/4, 4/3]."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=seed, area_range=area_range,
+      aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.0, max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  return tf.slice(image, begin, size)
+
+
+def train_preprocess(image_uint8, image_size: int, seed):
+  """Inception crop and random horizontal flip, resized to image_size, in [-1, 1]."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = inception_crop(image_uint8, crop_seed)
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return to_model_input(image, image_size)
+
+
+def eval_preprocess(image_uint8, image_size: int):
+  """Shorter side resized to image_size * 256/224, then the central image_size square."""
+  shape = tf.cast(tf.shape(image_uint8)[:2], tf.float32)
+  scale = image_size * 256 / 224 / tf.reduce_min(shape)
+  size = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+  image = tf.image.resize(tf.cast(image_uint8, tf.float32), size, antialias=True)
+  top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+  image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
+  return to_model_input(image, image_size)
+
+
+def _decode(encoded):
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
 def read_image(images, index):
@@ -133,6 +206,8 @@ def random_shift(image, max_shift: int, seed):
 def create_train_dataset(config, start_step: int, process_index: int,
                          process_count: int) -> tf.data.Dataset:
   """Endless augmented batches of this process's share, starting at `start_step`."""
+  if config.dataset not in IN_MEMORY:
+    return _tfds_train_dataset(config, start_step, process_index, process_count)
   data = load_split(config, 'train')
   n = len(data.labels)
   images, labels = tf.constant(data.images), tf.constant(data.labels)
@@ -161,6 +236,8 @@ def create_train_dataset(config, start_step: int, process_index: int,
 def create_eval_dataset(config, split: str, process_index: int,
                         process_count: int) -> tf.data.Dataset:
   """One pass over `split`, padded with mask-0 examples to whole global batches."""
+  if config.dataset not in IN_MEMORY:
+    return _tfds_eval_dataset(config, split, process_index, process_count)
   data = load_split(config, split)
   n, batch = len(data.labels), config.eval_batch_size
   padded = -(-n // batch) * batch
@@ -175,5 +252,43 @@ def create_eval_dataset(config, split: str, process_index: int,
   return ds.batch(batch // process_count).prefetch(tf.data.AUTOTUNE)
 
 
+def _tfds_train_dataset(config, start_step, process_index, process_count):
+  # Shuffled file order and a shuffle buffer of encoded bytes, both seeded; a resumed run skips
+  # the encoded examples it has already trained on, so it continues the same stream.
+  ds, _ = load_tfds(config, 'train', process_index, process_count, shuffle_files=True)
+  local_batch = config.batch_size // process_count
+  start = start_step * local_batch
+  ds = ds.repeat().shuffle(config.shuffle_buffer, seed=config.seed).skip(start).enumerate(start)
+
+  def example(position, image_label):
+    encoded, label = image_label
+    seed = tf.stack([tf.cast(config.seed, tf.int64), position])
+    return {'image': train_preprocess(_decode(encoded), config.image_size, seed),
+            'label': tf.cast(label, tf.int32)}
+
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _tfds_eval_dataset(config, split, process_index, process_count):
+  ds, _ = load_tfds(config, split, process_index, process_count)
+  whole, _ = load_tfds(config, split)
+  local_batch = config.eval_batch_size // process_count
+  # Every process runs the same number of batches (collectives), padding with mask 0.
+  per_process = -(-count_examples(whole) // process_count)
+  num_batches = -(-per_process // local_batch)
+  ds = ds.map(lambda encoded, label: {
+      'image': eval_preprocess(_decode(encoded), config.image_size),
+      'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros([config.image_size, config.image_size, 3]),
+      'label': tf.constant(0), 'mask': tf.constant(0.0)}).repeat()
+  ds = ds.concatenate(padding).take(num_batches * local_batch)
+  return ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
+
+
 def num_classes(config) -> int:
+  if config.dataset not in IN_MEMORY:
+    return load_tfds(config, 'train')[1].features['label'].num_classes
   return load_split(config, 'train').num_classes

@@ -29,9 +29,10 @@ def build_model(config, num_classes: int) -> models.MlpMixer:
   return models.MlpMixer(**kwargs)
 
 
-def evaluate(eval_step, state, config, mesh, split: str = 'test') -> dict[str, float]:
-  """Exact loss and accuracy over the whole split (padding is masked out)."""
-  ds = input_pipeline.create_eval_dataset(config, split, jax.process_index(), jax.process_count())
+def evaluate(eval_step, state, config, mesh) -> dict[str, float]:
+  """Exact loss and accuracy over the whole evaluation split (padding is masked out)."""
+  ds = input_pipeline.create_eval_dataset(config, config.eval_split, jax.process_index(),
+                                          jax.process_count())
   totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
   for batch in ds.as_numpy_iterator():
     sums = jax.device_get(eval_step(state, steps.shard_batch(batch, mesh)))
@@ -176,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
           window, window_start = [], time.perf_counter()
         if step % config.eval_every == 0 and step != config.total_steps:
-          log.write(step, 'test', evaluate(eval_step, state, config, mesh))
+          log.write(step, config.eval_split, evaluate(eval_step, state, config, mesh))
         if save_now:
           checkpoints.save(step, args=ocp.args.StandardSave(state))
         if preempted:
@@ -192,10 +193,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     'command to resume.', step)
     return {'step': step, 'preempted': True}
   results = evaluate(eval_step, state, config, mesh)
-  log.write(config.total_steps, 'test', results)
+  log.write(config.total_steps, config.eval_split, results)
   log.close()
-  results = {'step': config.total_steps, 'test_accuracy': results['accuracy'],
-             'test_loss': results['loss']}
+  results = {'step': config.total_steps, f'{config.eval_split}_accuracy': results['accuracy'],
+             f'{config.eval_split}_loss': results['loss']}
   if jax.process_index() == 0:
     (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
   return results

@@ -89,9 +89,9 @@ def test_random_shift_is_a_translation_filled_with_background():
 
 
 def test_unknown_dataset_is_a_clear_error():
-  config = ml_collections.ConfigDict({'dataset': 'mnist'})
-  with pytest.raises(ValueError, match="Unknown dataset 'mnist'.*digits"):
-    input_pipeline.load_split(config, 'train')
+  config = ml_collections.ConfigDict({'dataset': 'no_such_data', 'data_dir': '', 'seed': 0})
+  with pytest.raises(UserError, match="Unknown dataset 'no_such_data': use digits, folder"):
+    input_pipeline.num_classes(config)
 
 
 # --- Image folders: <root>/{train,test}/<class>/*.{jpg,png} ---
@@ -165,3 +165,44 @@ def test_image_folder_problems_are_clear_errors(tmp_path, damage, message):
   root = damage(make_image_folder(tmp_path))
   with pytest.raises(UserError, match=message):
     input_pipeline.load_image_folder(str(root), 'test')
+
+
+# --- ImageNet-style preprocessing ---
+
+def test_inception_crop_covers_the_stated_area_and_aspect_range():
+  image = tf.zeros((200, 300, 3), tf.uint8)
+  areas, ratios = [], []
+  for seed in range(200):
+    h, w, _ = input_pipeline.inception_crop(image, tf.constant([seed, 1])).shape
+    areas.append(h * w / (200 * 300))
+    ratios.append(w / h)
+  assert 0.05 * 0.95 <= min(areas) and max(areas) <= 1.0
+  assert min(areas) < 0.2 and max(areas) > 0.7  # the range is used, not one size
+  # Rounding to whole pixels can move the ratio slightly outside [3/4, 4/3].
+  assert 0.7 <= min(ratios) and max(ratios) <= 1.4
+
+
+def test_train_preprocessing_flips_half_of_the_time():
+  image = tf.constant(np.arange(40 * 40 * 3).reshape(40, 40, 3) % 256, tf.uint8)
+  flipped = 0
+  for seed in range(40):
+    seed = tf.constant([seed, 7], tf.int64)
+    crop_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    crop = input_pipeline.inception_crop(image, crop_seed)
+    out = input_pipeline.train_preprocess(image, 16, seed).numpy()
+    plain = input_pipeline.to_model_input(crop, 16).numpy()
+    mirrored = input_pipeline.to_model_input(crop[:, ::-1], 16).numpy()
+    assert np.allclose(out, plain) != np.allclose(out, mirrored)
+    flipped += np.allclose(out, mirrored)
+  assert 10 <= flipped <= 30
+
+
+def test_eval_preprocessing_is_a_deterministic_central_crop():
+  # Left half dark, right half bright, in a wide image: the central crop holds both halves.
+  image = np.zeros((64, 128, 3), np.uint8)
+  image[:, 64:] = 255
+  a = input_pipeline.eval_preprocess(tf.constant(image), 32).numpy()
+  np.testing.assert_array_equal(a, input_pipeline.eval_preprocess(tf.constant(image), 32).numpy())
+  assert a.shape == (32, 32, 3)
+  np.testing.assert_allclose(a[:, :12], -1.0, atol=1e-3)
+  np.testing.assert_allclose(a[:, -12:], 1.0, atol=1e-3)

@@ -159,7 +159,7 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
     (['--config.model.widht=3'], r'--config.model.widht: no such field'),
     (['--config.batch_size=abc'], r'--config.batch_size=abc: invalid literal'),
     (['--config.image_size=15'], r'Image size 15x15 is not a multiple of the patch size 4'),
-    (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': choose one of digits, folder"),
+    (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': use digits, folder"),
     (['--num_processes=2'], r'needs --coordinator_address'),
     (['--config.init_from=/nowhere/Mixer-B_16.npz'], r'init_from=/nowhere/Mixer-B_16.npz does not '
                                                      r'exist: give an .npz, .pth'),

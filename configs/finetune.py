@@ -1,0 +1,64 @@
+"""Fine-tuning a pre-trained Mixer (paper Appendix C, following ViT).
+
+  python train.py --config configs/finetune.py:B/16,cifar10 \
+      --config.init_from=imagenet21k/Mixer-B_16.npz --workdir runs/b16_cifar10
+
+The argument is `variant,dataset[,smoke]`. SGD with momentum 0.9, batch 512, cosine decay after
+a linear warmup, clipping at global norm 1, no weight decay, a fresh zero-initialised head.
+Steps: CIFAR-10/100 10,000; Pets and Flowers 500; ImageNet 20,000. The paper tunes the
+learning rate over {0.003, 0.01, 0.03, 0.06} on the validation split (eval_split=validation).
+Reference (official code, 4x V100): Mixer-B/16 from ImageNet-21k reaches 96.82% on CIFAR-10
+in 9.6 h; Mixer-L/16 98.34%. `smoke` shrinks everything to run in seconds (tests).
+"""
+import ml_collections
+
+STEPS = {'cifar10': 10_000, 'cifar100': 10_000, 'oxford_iiit_pet': 500,
+         'oxford_flowers102': 500, 'imagenet2012': 20_000}
+
+
+def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
+  variant, dataset, *options = arg.split(',')
+  smoke = 'smoke' in options
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data: a tensorflow-datasets name, read from data_dir (never downloaded during a run).
+  config.dataset = dataset
+  config.data_dir = ''  # '' is tfds' default, ~/tensorflow_datasets
+  config.eval_split = 'test'  # 'validation' (a held-out slice of train) to tune the lr
+  config.image_size = 224  # an integer multiple of the weights' resolution expands them
+  config.shuffle_buffer = 50_000  # encoded images
+
+  # Model: a Table 1 variant; `model` fields override its sizes.
+  config.variant = variant
+  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True))  # False for timm weights
+  config.stoch_depth = 0.0
+  config.dtype = 'bfloat16'  # compute dtype; use 'float32' on CPU
+  config.init_from = ''  # the pre-trained weights: .npz, timm file or workdir
+
+  # Optimisation.
+  config.batch_size = 512
+  config.eval_batch_size = 512
+  config.total_steps = STEPS.get(dataset, 10_000)
+  config.optimizer = 'sgd'  # momentum 0.9
+  config.learning_rate = 0.03
+  config.warmup_steps = min(500, config.total_steps // 10)
+  config.lr_decay = 'cosine'
+  config.weight_decay = 0.0
+  config.grad_clip_norm = 1.0
+
+  # Bookkeeping.
+  config.log_every = 50
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+
+  if smoke:
+    config.image_size = 32
+    config.model.update(num_blocks=1, hidden_dim=32, tokens_mlp_dim=8, channels_mlp_dim=32)
+    config.dtype = 'float32'
+    config.shuffle_buffer = 16
+    config.batch_size = config.eval_batch_size = 8
+    config.total_steps, config.warmup_steps = 3, 1
+    config.log_every = config.eval_every = config.checkpoint_every = 3
+  return config
