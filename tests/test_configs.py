@@ -1,15 +1,15 @@
 """Every recipe runs end to end on its real data pipeline, served by tfds.testing.mock_data."""
-import contextlib
-import pathlib
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import digits, finetune
-from mixer_jax import input_pipeline, trainer
+from mixer_jax import checkpoints, input_pipeline, models, trainer
 from mixer_jax.errors import UserError
 
 TFDS_DATASETS = ['cifar10', 'cifar100', 'oxford_iiit_pet', 'oxford_flowers102', 'imagenet2012']
@@ -65,3 +65,21 @@ def test_data_set_not_on_disk_fails_at_once_with_where_and_how(tmp_path):
   assert time.time() - start < 10
   assert not (tmp_path / 'run' / 'checkpoints').exists() or not any(
       (tmp_path / 'run' / 'checkpoints').iterdir())
+
+
+def test_walkthrough_npz_to_cifar10_at_the_same_and_at_twice_the_resolution(tmp_path):
+  """README walkthrough in small: .npz weights of another head -> fine-tune at 1x and 2x."""
+  config = finetune.get_config('B/16,cifar10,smoke')
+  config.data_dir = str(tmp_path / 'tfds')
+  pretrained = models.create_model('B/16', num_classes=21, **config.model)  # another head
+  params = pretrained.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  checkpoints.save_npz(jax.device_get(params), tmp_path / 'pre.npz')
+  config.init_from = str(tmp_path / 'pre.npz')
+  with mocked('cifar10'):
+    trainer.train_and_evaluate(config, str(tmp_path / 'at32'))
+    config.image_size = 64
+    trainer.train_and_evaluate(config, str(tmp_path / 'at64'))
+  for run, tokens in (('at32', 4), ('at64', 16)):
+    tuned = checkpoints.load_params(str(tmp_path / run))
+    assert tuned['head']['kernel'].shape == (32, 10)
+    assert tuned['MixerBlock_0']['token_mixing']['Dense_0']['kernel'].shape == (tokens, 8 * tokens // 4)

@@ -1,0 +1,44 @@
+"""predict.py classifies image files with a trained checkpoint."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from mixer_jax import input_pipeline, trainer
+from test_train import ROOT, small_config
+
+
+def test_predict_prints_top_classes_of_image_files(tmp_path):
+  trainer.train_and_evaluate(small_config(total_steps=150), str(tmp_path / 'run'))
+  test = input_pipeline.load_digits('test')
+  paths = []
+  for i in range(6):
+    path = tmp_path / f'digit{i}.png'
+    tf.io.write_file(str(path), tf.io.encode_png(test.images[i]))
+    paths.append(str(path))
+  (tmp_path / 'labels.txt').write_text('\n'.join(f'digit {k}' for k in range(10)))
+  code, out = _predict(tmp_path, '--top_k=3', f'--labels={tmp_path / "labels.txt"}', *paths)
+  assert code == 0, out
+  blocks = re.findall(r'digit\d\.png\n((?:\s+[0-9.]+%\s+digit \d\n?){3})', out)
+  assert len(blocks) == 6
+  top = [int(re.search(r'digit (\d)', block).group(1)) for block in blocks]
+  assert np.mean(np.array(top) == test.labels[:6]) >= 5 / 6
+  probabilities = [float(p) for p in re.findall(r'([0-9.]+)%', blocks[0])]
+  assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+
+
+def test_predict_on_an_unreadable_file_is_a_clear_error(tmp_path):
+  trainer.train_and_evaluate(small_config(total_steps=5), str(tmp_path / 'run'))
+  (tmp_path / 'not_an_image.png').write_bytes(b'hello')
+  code, out = _predict(tmp_path, str(tmp_path / 'not_an_image.png'))
+  assert code != 0 and 'Cannot read' in out and 'not_an_image.png' in out
+  assert 'Traceback' not in out
+
+
+def _predict(tmp_path, *args):
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / 'predict.py'), f'--checkpoint={tmp_path / "run"}', *args],
+      capture_output=True, text=True, timeout=120, cwd=ROOT)
+  return proc.returncode, proc.stdout + proc.stderr
