@@ -67,7 +67,7 @@ def measure(mode: str) -> dict:
   # CPU collectives can deadlock with several steps in flight (see trainer).
   sync = jax.default_backend() == 'cpu' and n > 1
   if mode == 'train':
-    train_step = steps.make_train_step(model, lr_fn, mesh)
+    train_step = steps.make_train_step(model, lr_fn, mesh, num_classes=1000)
     holder = [state]
 
     def run_step():

@@ -46,6 +46,8 @@ def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
   config.lr_decay = 'cosine'
   config.weight_decay = 0.0
   config.grad_clip_norm = 1.0
+  config.mixup = 0.0  # Beta(p, p) mixup of each device batch; 0 turns it off
+  config.grad_accum_steps = 1  # micro-batches per device batch, for less memory
 
   # Bookkeeping.
   config.log_every = 50

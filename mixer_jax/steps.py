@@ -47,23 +47,56 @@ def shard_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def make_train_step(model, learning_rate_fn, mesh) -> Callable[..., Any]:
-  """(state, batch, rng) -> (state, metrics); the input state's buffers are donated."""
+def mixup(rng, images, labels, alpha: float):
+  """Mixes each example with its neighbour in the batch, images and one-hot labels alike.
+
+  One weight lam ~ Beta(alpha, alpha) per (device) batch: x <- lam x + (1 - lam) roll(x).
+  """
+  lam = jax.random.beta(rng, alpha, alpha)
+  mix = lambda x: lam * x + (1 - lam) * jnp.roll(x, 1, axis=0)
+  return mix(images), mix(labels)
+
+
+def make_train_step(model, learning_rate_fn, mesh, num_classes: int, mixup_alpha: float = 0.0,
+                    accum_steps: int = 1) -> Callable[..., Any]:
+  """(state, batch, rng) -> (state, metrics); the input state's buffers are donated.
+
+  With accum_steps > 1 each device's batch is processed in that many micro-batches whose
+  gradients are averaged: the same update with a fraction of the activation memory.
+  """
+
+  def loss_fn(params, apply_fn, images, labels, rng):
+    logits = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
+    return optax.softmax_cross_entropy(logits, labels).mean(), logits
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def device_step(state, batch, rng):
-    # A different dropout (stochastic depth) draw on every step and device.
+    # Different dropout (stochastic depth) and mixup draws on every step and device.
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-
-    def loss_fn(params):
-      logits = state.apply_fn({'params': params}, batch['image'], train=True,
-                              rngs={'dropout': rng})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-      return loss, logits
+    dropout_rng, mixup_rng = jax.random.split(rng)
+    images, labels = batch['image'], jax.nn.one_hot(batch['label'], num_classes)
+    if mixup_alpha > 0:
+      images, labels = mixup(mixup_rng, images, labels, mixup_alpha)
 
     # Differentiate this device's copy: otherwise shard_map's transpose of the implicit
     # broadcast would already sum gradients over devices, and the pmean below would not average.
     params = jax.lax.pcast(state.params, AXIS, to='varying')
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    if accum_steps == 1:
+      (loss, logits), grads = grad_fn(params, state.apply_fn, images, labels, dropout_rng)
+    else:
+      micro = lambda x: x.reshape(accum_steps, -1, *x.shape[1:])
+
+      def accumulate(total, inputs):
+        (loss, logits), grads = grad_fn(params, state.apply_fn, *inputs)
+        return jax.tree.map(jnp.add, total, (loss, grads)), logits
+
+      zero = (jax.lax.pcast(jnp.zeros(()), AXIS, to='varying'),
+              jax.tree.map(jnp.zeros_like, params))
+      (loss, grads), logits = jax.lax.scan(accumulate, zero, (
+          micro(images), micro(labels), jax.random.split(dropout_rng, accum_steps)))
+      loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+      logits = logits.reshape(-1, logits.shape[-1])
     grads = jax.lax.pmean(grads, AXIS)
     metrics = {
         'loss': loss,

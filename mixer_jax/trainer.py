@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixer_jax import checkpoints as ckpt
 from mixer_jax import input_pipeline, models, optim, steps
+from mixer_jax.errors import UserError
 
 
 def build_model(config, num_classes: int) -> models.MlpMixer:
@@ -115,13 +116,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = steps.create_mesh()
-  steps.check_batch_size(config.batch_size, jax.device_count())
+  per_device = steps.check_batch_size(config.batch_size, jax.device_count())
+  if per_device % config.grad_accum_steps:
+    raise UserError(
+        f'The per-device batch ({per_device}) does not split into grad_accum_steps='
+        f'{config.grad_accum_steps} micro-batches: use a divisor of {per_device}.')
   steps.check_batch_size(config.eval_batch_size, jax.device_count(), 'eval_batch_size')
 
   # Weights to start from are read first: their resolution decides the token-MLP width.
   init_params = ckpt.load_params(config.init_from) if config.init_from else None
   factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
-  model = build_model(config, input_pipeline.num_classes(config))
+  num_classes = input_pipeline.num_classes(config)
+  model = build_model(config, num_classes)
   if factor > 1:
     model = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * factor ** 2)
     logging.info('Fine-tuning at %dx the resolution of %s: token-mixing MLPs expanded to %d '
@@ -144,7 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
-  train_step = steps.make_train_step(model, learning_rate_fn, mesh)
+  train_step = steps.make_train_step(model, learning_rate_fn, mesh, num_classes, config.mixup,
+                                     config.grad_accum_steps)
   eval_step = steps.make_eval_step(mesh)
   log = MetricsLog(workdir)
   train_iter = input_pipeline.create_train_dataset(

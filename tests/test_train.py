@@ -15,6 +15,7 @@ import pytest
 
 from configs import digits
 from mixer_jax import trainer
+from mixer_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -203,3 +204,16 @@ def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
   assert 'Fine-tuning at 2x the resolution' in out and 'expanded to 4 block-diagonal' in out
   accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
   assert accuracy >= min(0.9, at16['test_accuracy'] - 0.05)  # keeps what it learnt at 16x16
+
+
+def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
+  # SGD, as in test_eight_devices_train_like_one.
+  overrides = dict(total_steps=10, warmup_steps=2, checkpoint_every=10, eval_every=100,
+                   optimizer='sgd', learning_rate=0.1)
+  trainer.train_and_evaluate(small_config(**overrides), str(tmp_path / 'whole'))
+  trainer.train_and_evaluate(small_config(grad_accum_steps=4, **overrides), str(tmp_path / 'acc'))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               restore_params(tmp_path / 'acc', 10), restore_params(tmp_path / 'whole', 10))
+  with pytest.raises(UserError, match=r'per-device batch \(128\) does not split into '
+                     r'grad_accum_steps=3'):
+    trainer.train_and_evaluate(small_config(grad_accum_steps=3), str(tmp_path / 'bad'))
