@@ -28,6 +28,8 @@ def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
   config.eval_split = 'test'  # 'validation' (a held-out slice of train) to tune the lr
   config.image_size = 224  # an integer multiple of the weights' resolution expands them
   config.shuffle_buffer = 50_000  # encoded images
+  config.randaug_layers = 0  # RandAugment ops per image (0: off); the paper fine-tunes without
+  config.randaug_magnitude = 0.0  # on the 0-10 scale; 15 and 20 extrapolate
 
   # Model: a Table 1 variant; `model` fields override its sizes.
   config.variant = variant

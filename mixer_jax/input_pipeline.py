@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from mixer_jax import randaugment
 from mixer_jax.errors import UserError
 
 IN_MEMORY = ('digits', 'folder')  # any other name is a tensorflow-datasets name
@@ -151,11 +152,16 @@ def inception_crop(image, seed, area_range=(0.05, 1.0)):
   return tf.slice(image, begin, size)
 
 
-def train_preprocess(image_uint8, image_size: int, seed):
-  """Inception crop and random horizontal flip, resized to image_size, in [-1, 1]."""
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+def train_preprocess(image_uint8, image_size: int, seed, randaug_layers: int = 0,
+                     randaug_magnitude: float = 0):
+  """Inception crop, resize, random horizontal flip and RandAugment; float in [-1, 1]."""
+  crop_seed, flip_seed, randaug_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
   image = inception_crop(image_uint8, crop_seed)
+  image = tf.image.resize(image, [image_size, image_size], antialias=True)
+  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = randaugment.randaugment(image, randaug_layers, randaug_magnitude, randaug_seed)
   return to_model_input(image, image_size)
 
 
@@ -252,6 +258,14 @@ def create_eval_dataset(config, split: str, process_index: int,
   return ds.batch(batch // process_count).prefetch(tf.data.AUTOTUNE)
 
 
+def train_example(config, position, encoded, label):
+  """One training example from encoded image bytes; its random draws depend on its position."""
+  seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(position, tf.int64)])
+  image = train_preprocess(_decode(encoded), config.image_size, seed, config.randaug_layers,
+                           config.randaug_magnitude)
+  return {'image': image, 'label': tf.cast(label, tf.int32)}
+
+
 def _tfds_train_dataset(config, start_step, process_index, process_count):
   # Shuffled file order and a shuffle buffer of encoded bytes, both seeded; a resumed run skips
   # the encoded examples it has already trained on, so it continues the same stream.
@@ -260,13 +274,8 @@ def _tfds_train_dataset(config, start_step, process_index, process_count):
   start = start_step * local_batch
   ds = ds.repeat().shuffle(config.shuffle_buffer, seed=config.seed).skip(start).enumerate(start)
 
-  def example(position, image_label):
-    encoded, label = image_label
-    seed = tf.stack([tf.cast(config.seed, tf.int64), position])
-    return {'image': train_preprocess(_decode(encoded), config.image_size, seed),
-            'label': tf.cast(label, tf.int32)}
-
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(lambda position, example: train_example(config, position, *example),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import digits, finetune
+from configs import digits, finetune, pretrain_imagenet
 from mixer_jax import checkpoints, input_pipeline, models, trainer
 from mixer_jax.errors import UserError
 
@@ -30,9 +30,16 @@ def mocked(name):
   return tfds.testing.mock_data(num_examples=10, **extra)
 
 
-@pytest.mark.parametrize('name', TFDS_DATASETS)
-def test_finetune_recipe_trains_evaluates_and_checkpoints(tmp_path, name):
-  config = finetune.get_config(f'B/16,{name},smoke')
+def recipe(name):
+  if name == 'imagenet2012_pretrain':  # RandAugment, mixup and stochastic depth switched on
+    return pretrain_imagenet.get_config('B/16,smoke')
+  return finetune.get_config(f'B/16,{name},smoke')
+
+
+@pytest.mark.parametrize('name', TFDS_DATASETS + ['imagenet2012_pretrain'])
+def test_recipe_trains_evaluates_and_checkpoints(tmp_path, name):
+  config = recipe(name)
+  name = config.dataset
   config.data_dir = str(tmp_path / 'tfds')
   with mocked(name):
     batch = next(input_pipeline.create_train_dataset(config, 0, 0, 1).as_numpy_iterator())
@@ -53,6 +60,11 @@ def test_recipe_defaults_follow_the_paper():
   assert finetune.get_config('B/16,cifar10').total_steps == 10_000
   assert finetune.get_config('B/16,imagenet2012').total_steps == 20_000
   assert digits.get_config().dataset == 'digits'
+  pre = pretrain_imagenet.get_config('L/16')
+  assert (pre.optimizer, pre.batch_size, pre.warmup_steps, pre.lr_decay, pre.learning_rate,
+          pre.weight_decay, pre.randaug_layers, pre.randaug_magnitude, pre.mixup,
+          pre.stoch_depth) == ('adam', 4096, 10_000, 'linear', 1e-3, 0.1, 2, 15, 0.5, 0.1)
+  assert pre.total_steps == 300 * 1_268_355 // 4096  # 300 epochs
 
 
 def test_data_set_not_on_disk_fails_at_once_with_where_and_how(tmp_path):

@@ -187,8 +187,10 @@ def test_train_preprocessing_flips_half_of_the_time():
   flipped = 0
   for seed in range(40):
     seed = tf.constant([seed, 7], tf.int64)
-    crop_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    crop = input_pipeline.inception_crop(image, crop_seed)
+    crop_seed = tf.random.experimental.stateless_split(seed, 3)[0]
+    crop = tf.image.resize(input_pipeline.inception_crop(image, crop_seed), [16, 16],
+                           antialias=True)
+    crop = tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8)
     out = input_pipeline.train_preprocess(image, 16, seed).numpy()
     plain = input_pipeline.to_model_input(crop, 16).numpy()
     mirrored = input_pipeline.to_model_input(crop[:, ::-1], 16).numpy()

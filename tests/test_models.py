@@ -110,7 +110,8 @@ def test_forward_equals_float64_numpy_reference():
                           tokens_mlp_dim=10, channels_mlp_dim=20)
   images = jax.random.uniform(jax.random.key(2), (4, 12, 8, 3), minval=-1, maxval=1)
   params = random_params(model, images)
-  logits = np.asarray(model.apply({'params': params}, images, train=False))
+  with jax.default_matmul_precision('highest'):  # GPUs would otherwise use TF32
+    logits = np.asarray(model.apply({'params': params}, images, train=False))
   expected = np_mixer(jax.tree.map(lambda x: np.asarray(x, np.float64), params),
                       np.asarray(images, np.float64), patch=2)
   assert logits.shape == (4, 7)

@@ -1,0 +1,71 @@
+"""Host images/s of the ImageNet-style training pipeline, on JPEGs generated in memory.
+
+  python benchmarks/input_pipeline.py                       # pretrain_imagenet's preprocessing
+  python benchmarks/input_pipeline.py --randaug_layers=0 --image_size=448
+
+Decodes, Inception-crops, resizes, flips and RandAugments exactly as training does
+(`input_pipeline.train_example`), with tf.data's parallelism, and prints images/s with and
+without RandAugment. Compare with the device's training images/s (benchmarks/throughput.py):
+if the host is slower, the accelerator waits on it.
+"""
+import os
+import sys
+import time
+
+from absl import app, flags
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import pretrain_imagenet  # noqa: E402
+from mixer_jax import input_pipeline  # noqa: E402
+
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 256, 'Distinct JPEGs to generate.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Model resolution.')
+_LAYERS = flags.DEFINE_integer('randaug_layers', 2, 'RandAugment ops per image.')
+_MAGNITUDE = flags.DEFINE_float('randaug_magnitude', 15, 'RandAugment magnitude.')
+_SECONDS = flags.DEFINE_float('seconds', 20, 'How long to time each setting.')
+
+
+def generate_jpegs(n: int) -> list[bytes]:
+  """Smooth random images of ImageNet's typical sizes (about 500x375), JPEG-encoded."""
+  rng = np.random.default_rng(0)
+  jpegs = []
+  for _ in range(n):
+    h, w = rng.integers(300, 500), rng.integers(375, 600)
+    small = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3)).astype(np.float32)
+    image = tf.image.resize(small, [h, w]).numpy().clip(0, 255).astype(np.uint8)
+    jpegs.append(tf.io.encode_jpeg(image, quality=90).numpy())
+  return jpegs
+
+
+def images_per_sec(config, jpegs: list[bytes], seconds: float) -> float:
+  labels = np.zeros(len(jpegs), np.int64)
+  ds = tf.data.Dataset.from_tensor_slices((jpegs, labels)).repeat().enumerate()
+  ds = ds.map(lambda position, example: input_pipeline.train_example(config, position, *example),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(64).prefetch(tf.data.AUTOTUNE)
+  it = iter(ds)
+  for _ in range(3):  # warm-up: graph building and thread start
+    next(it)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    count += next(it)['image'].shape[0]
+  return count / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  jpegs = generate_jpegs(_NUM_IMAGES.value)
+  config = pretrain_imagenet.get_config('B/16')
+  config.image_size = _IMAGE_SIZE.value
+  settings = [(_LAYERS.value, _MAGNITUDE.value)] + ([(0, 0)] if _LAYERS.value else [])
+  for layers, magnitude in settings:
+    config.randaug_layers, config.randaug_magnitude = layers, magnitude
+    rate = images_per_sec(config, jpegs, _SECONDS.value)
+    print(f'{os.cpu_count()} host cores, {config.image_size}px, RandAugment {layers} ops at '
+          f'magnitude {magnitude:g}: {rate:.1f} images/s', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
