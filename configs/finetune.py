@@ -12,13 +12,14 @@ in 9.6 h; Mixer-L/16 98.34%. `smoke` shrinks everything to run in seconds (tests
 """
 import ml_collections
 
+from configs import smoke
+
 STEPS = {'cifar10': 10_000, 'cifar100': 10_000, 'oxford_iiit_pet': 500,
          'oxford_flowers102': 500, 'imagenet2012': 20_000}
 
 
 def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
   variant, dataset, *options = arg.split(',')
-  smoke = 'smoke' in options
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -57,12 +58,4 @@ def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
 
-  if smoke:
-    config.image_size = 32
-    config.model.update(num_blocks=1, hidden_dim=32, tokens_mlp_dim=8, channels_mlp_dim=32)
-    config.dtype = 'float32'
-    config.shuffle_buffer = 16
-    config.batch_size = config.eval_batch_size = 8
-    config.total_steps, config.warmup_steps = 3, 1
-    config.log_every = config.eval_every = config.checkpoint_every = 3
-  return config
+  return smoke.shrink(config) if 'smoke' in options else config

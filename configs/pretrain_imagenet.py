@@ -12,12 +12,13 @@ memory, keep batch_size=4096 and raise grad_accum_steps. `smoke` runs it in seco
 """
 import ml_collections
 
+from configs import smoke
+
 TRAIN_EXAMPLES = 1_268_355  # train[:99%] of imagenet2012
 
 
 def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
   variant, *options = arg.split(',')
-  smoke = 'smoke' in options
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -56,12 +57,4 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
   config.checkpoint_every = 2000
   config.keep_checkpoints = 3
 
-  if smoke:
-    config.image_size = 32
-    config.model.update(num_blocks=2, hidden_dim=32, tokens_mlp_dim=8, channels_mlp_dim=32)
-    config.dtype = 'float32'
-    config.shuffle_buffer = 16
-    config.batch_size = config.eval_batch_size = 8
-    config.total_steps, config.warmup_steps = 3, 1
-    config.log_every = config.eval_every = config.checkpoint_every = 3
-  return config
+  return smoke.shrink(config) if 'smoke' in options else config

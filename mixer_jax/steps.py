@@ -4,6 +4,7 @@ Each step is written for one device (its slice of the batch) and averages gradie
 metrics over the mesh axis `batch`; `jax.shard_map` under `jax.jit` maps it over all devices
 of all processes. Parameters and optimiser state are replicated; batches are split on axis 0.
 """
+import collections
 from typing import Any, Callable
 
 import jax
@@ -55,6 +56,17 @@ def mixup(rng, images, labels, alpha: float):
   lam = jax.random.beta(rng, alpha, alpha)
   mix = lambda x: lam * x + (1 - lam) * jnp.roll(x, 1, axis=0)
   return mix(images), mix(labels)
+
+
+def prefetch_to_mesh(batches, mesh, size: int = 2):
+  """Yields global arrays, copying up to `size` batches ahead so the devices need not wait."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(shard_batch(batch, mesh))
+    if len(queue) == size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def make_train_step(model, learning_rate_fn, mesh, num_classes: int, mixup_alpha: float = 0.0,

@@ -154,8 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      config.grad_accum_steps)
   eval_step = steps.make_eval_step(mesh)
   log = MetricsLog(workdir)
-  train_iter = input_pipeline.create_train_dataset(
-      config, start_step, jax.process_index(), jax.process_count()).as_numpy_iterator()
+  train_iter = steps.prefetch_to_mesh(input_pipeline.create_train_dataset(
+      config, start_step, jax.process_index(), jax.process_count()).as_numpy_iterator(), mesh)
   # Several CPU devices on few cores can deadlock in all-reduce with more than one step in
   # flight; accelerators keep asynchronous dispatch and sync only to log and save.
   one_step_in_flight = jax.default_backend() == 'cpu'
@@ -167,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with Preemption() as preemption:
     try:
       for step in range(start_step + 1, config.total_steps + 1):
-        state, metrics = train_step(state, steps.shard_batch(next(train_iter), mesh), dropout_rng)
+        state, metrics = train_step(state, next(train_iter), dropout_rng)
         unchecked.append((step, metrics))
         progress.update(1)
         preempted = preemption.reached(step)

@@ -19,3 +19,13 @@ def test_mixup_mixes_labels_with_the_weights_of_the_images_and_keeps_sums_at_one
                                rtol=1e-5, atol=1e-6)
   lams = [float(steps.mixup(jax.random.key(s), images, labels, 0.5)[1][1, 1]) for s in range(50)]
   assert np.std(lams) > 0.2  # Beta(0.5, 0.5) is spread towards 0 and 1
+
+
+def test_prefetch_to_mesh_yields_every_batch_in_order_as_global_arrays():
+  mesh = steps.create_mesh()
+  batches = [{'image': np.full((4, 2), i, np.float32)} for i in range(5)]
+  out = list(steps.prefetch_to_mesh(iter(batches), mesh, size=2))
+  assert len(out) == 5
+  for i, batch in enumerate(out):
+    assert isinstance(batch['image'], jax.Array)
+    np.testing.assert_array_equal(batch['image'], batches[i]['image'])

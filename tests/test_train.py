@@ -186,17 +186,20 @@ def test_default_digits_run_reaches_95_percent(tmp_path, devices):
   assert time.time() - start < 300
 
 
-def test_image_folder_trains_and_evaluates(tmp_path):
-  from test_input_pipeline import folder_config, make_image_folder
-  config = folder_config(make_image_folder(tmp_path / 'data'))
-  config.update(dict(total_steps=40, warmup_steps=5, log_every=10, eval_every=100,
-                     checkpoint_every=40))
-  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert results['test_accuracy'] >= 0.75  # 12 test images of 3 classes; chance is 1/3
+def test_image_folder_trains_and_evaluates_through_train_py(tmp_path):
+  from test_input_pipeline import make_image_folder
+  root = make_image_folder(tmp_path / 'data')
+  code, out = run_train_py(
+      tmp_path / 'run', '--config.dataset=folder', f'--config.data_dir={root}',
+      '--config.batch_size=4', '--config.eval_batch_size=4', '--config.total_steps=40',
+      '--config.warmup_steps=5', '--config.log_every=10', '--config.eval_every=100')
+  assert code == 0, out
+  accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
+  assert accuracy >= 0.75  # 12 test images of 3 classes; chance is 1/3
 
 
 def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
-  at16 = trainer.train_and_evaluate(small_config(total_steps=150), str(tmp_path / 'at16'))
+  at16 = trainer.train_and_evaluate(small_config(total_steps=100), str(tmp_path / 'at16'))
   code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
                            '--config.image_size=32', '--config.total_steps=30',
                            '--config.warmup_steps=5', '--config.learning_rate=1e-3')

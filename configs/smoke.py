@@ -1,0 +1,13 @@
+"""The `smoke` option of every recipe: the same code path, shrunk to run in seconds (tests)."""
+
+
+def shrink(config):
+  """A 2-block Mixer at 32x32, batches of 8, 3 steps, float32; data and optimiser unchanged."""
+  config.image_size = 32
+  config.model.update(num_blocks=2, hidden_dim=32, tokens_mlp_dim=8, channels_mlp_dim=32)
+  config.dtype = 'float32'
+  config.shuffle_buffer = 16
+  config.batch_size = config.eval_batch_size = 8
+  config.total_steps, config.warmup_steps = 3, 1
+  config.log_every = config.eval_every = config.checkpoint_every = 3
+  return config
