@@ -28,7 +28,8 @@ _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Image height and width.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per device.')
 _MODE = flags.DEFINE_enum('mode', 'both', ['inference', 'train', 'both'], 'What to time.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps, after 2 untimed warm-up steps (use 30+ on GPUs).')
+_STEPS = flags.DEFINE_integer(
+    'steps', 10, 'Timed steps, after 2 untimed warm-up steps (use 30 or more on GPUs).')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement here.')
 
 # Adam with the pre-training recipe's clipping and weight decay; the values do not affect speed.
