@@ -31,7 +31,7 @@ def classify(params, paths: list[str]) -> np.ndarray:
   images = []
   for path in paths:
     try:
-      image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+      image = input_pipeline.decode_image(tf.io.read_file(path))
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
       raise UserError(f'Cannot read {path} as an image ({e.message.splitlines()[0]}).') from e
     images.append(input_pipeline.to_model_input(image, resolution).numpy())

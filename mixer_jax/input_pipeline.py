@@ -54,9 +54,14 @@ def load_digits(split: str) -> Split:
   raise UserError(f"Unknown split {split!r} of 'digits': use 'train' or 'test'.")
 
 
+def decode_image(encoded):
+  """uint8 (H, W, 3) from JPEG, PNG, GIF or BMP bytes (grey images get 3 channels)."""
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
 def _is_decodable(path: str) -> bool:
   try:
-    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    decode_image(tf.io.read_file(path))
     return True
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
     return False
@@ -111,6 +116,11 @@ def load_split(config, split: str) -> Split:
   raise ValueError(f'{config.dataset} is not an in-memory data set')
 
 
+def _tfds_split(name: str, split: str) -> str:
+  return TFDS_SPLITS.get(name, {'train': 'train', 'validation': 'validation',
+                                'test': 'test'})[split]
+
+
 def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1,
               shuffle_files: bool = False):
   """(dataset of (encoded image, label), info) for this process's part of `split`.
@@ -118,8 +128,7 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
   Never downloads: a data set that is not prepared under `data_dir` is an error at once.
   """
   name = config.dataset
-  tfds_split = TFDS_SPLITS.get(name, {'train': 'train', 'validation': 'validation',
-                                      'test': 'test'})[split]
+  tfds_split = _tfds_split(name, split)
   where = config.data_dir or '~/tensorflow_datasets'
   try:
     return tfds.load(
@@ -139,8 +148,13 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         f'--config.data_dir=DIR.') from e
 
 
-def count_examples(ds) -> int:
-  return int(ds.reduce(0, lambda n, _: n + 1))
+def count_examples(config, split: str) -> int:
+  """Examples in the whole split: from the data set's metadata, else (mocked data) by reading."""
+  ds, info = load_tfds(config, split)
+  try:
+    return info.splits[_tfds_split(config.dataset, split)].num_examples
+  except (KeyError, ValueError):
+    return int(ds.reduce(0, lambda n, _: n + 1))
 
 
 def inception_crop(image, seed, area_range=(0.05, 1.0)):
@@ -162,7 +176,7 @@ def train_preprocess(image_uint8, image_size: int, seed, randaug_layers: int = 0
   image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = randaugment.randaugment(image, randaug_layers, randaug_magnitude, randaug_seed)
-  return to_model_input(image, image_size)
+  return to_signed_unit(image)
 
 
 def eval_preprocess(image_uint8, image_size: int):
@@ -172,28 +186,26 @@ def eval_preprocess(image_uint8, image_size: int):
   size = tf.cast(tf.math.ceil(shape * scale), tf.int32)
   image = tf.image.resize(tf.cast(image_uint8, tf.float32), size, antialias=True)
   top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-  image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
-  return to_model_input(image, image_size)
-
-
-def _decode(encoded):
-  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  return to_signed_unit(tf.image.crop_to_bounding_box(image, top, left, image_size, image_size))
 
 
 def read_image(images, index):
   """The uint8 image at `index`: gathered from memory, or read and decoded from its file."""
   if images.dtype == tf.string:
-    encoded = tf.io.read_file(tf.gather(images, index))
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return decode_image(tf.io.read_file(tf.gather(images, index)))
   return tf.gather(images, index)
+
+
+def to_signed_unit(image):
+  """0..255 pixel values -> [-1, 1], as float32."""
+  return tf.clip_by_value(tf.cast(image, tf.float32) / 127.5 - 1.0, -1.0, 1.0)
 
 
 def to_model_input(image_uint8, image_size: int):
   """Resize to image_size x image_size, make 3 channels and scale to [-1, 1]."""
   image = tf.image.resize(tf.cast(image_uint8, tf.float32), [image_size, image_size],
                           method='bilinear', antialias=True)
-  image = tf.broadcast_to(image, [image_size, image_size, 3])  # grey -> RGB
-  return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+  return to_signed_unit(tf.broadcast_to(image, [image_size, image_size, 3]))  # grey -> RGB
 
 
 def random_shift(image, max_shift: int, seed):
@@ -261,7 +273,7 @@ def create_eval_dataset(config, split: str, process_index: int,
 def train_example(config, position, encoded, label):
   """One training example from encoded image bytes; its random draws depend on its position."""
   seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(position, tf.int64)])
-  image = train_preprocess(_decode(encoded), config.image_size, seed, config.randaug_layers,
+  image = train_preprocess(decode_image(encoded), config.image_size, seed, config.randaug_layers,
                            config.randaug_magnitude)
   return {'image': image, 'label': tf.cast(label, tf.int32)}
 
@@ -281,13 +293,12 @@ def _tfds_train_dataset(config, start_step, process_index, process_count):
 
 def _tfds_eval_dataset(config, split, process_index, process_count):
   ds, _ = load_tfds(config, split, process_index, process_count)
-  whole, _ = load_tfds(config, split)
   local_batch = config.eval_batch_size // process_count
   # Every process runs the same number of batches (collectives), padding with mask 0.
-  per_process = -(-count_examples(whole) // process_count)
+  per_process = -(-count_examples(config, split) // process_count)
   num_batches = -(-per_process // local_batch)
   ds = ds.map(lambda encoded, label: {
-      'image': eval_preprocess(_decode(encoded), config.image_size),
+      'image': eval_preprocess(decode_image(encoded), config.image_size),
       'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)},
       num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors({
