@@ -1,18 +1,30 @@
-"""Images/s of inference and of a full training step, on every available device.
+"""Images/s, FLOP/s and model FLOP utilisation of Mixer inference and training, in one run.
 
-  python benchmarks/throughput.py --variant=B/16 --resolution=224 --batch_size=32
-  python benchmarks/throughput.py --variant=S/32 --mode=train --dtype=bfloat16 --batch_size=256
+  python benchmarks/throughput.py --variant=S/32 --batch_size=32
+  python benchmarks/throughput.py --variant=B/16 --batch_size=8,16,32 --mode=train
+  python benchmarks/throughput.py --variant=B/16 --dtype=bfloat16 --batch_size=64,256 --impl=ours
 
---batch_size is per device. The training step is the trainer's own (forward, backward, gradient
-all-reduce, Adam update with clipping) on random data already on the devices, so this measures
-the accelerator, not the input pipeline. FLOPs are analytic (mixer_jax.flops); training counts
-3x the forward pass. One line per measurement, and a JSON line per measurement with --json_out.
+Implementations, timed side by side in the same process:
+  ours       mixer_jax.models.MlpMixer (token-major, transpose-free token mixing);
+  reference  the official code's formulation (benchmarks/reference_mixer.py): same parameters;
+  timm       timm's MlpMixer in PyTorch (AdamW, clipping), where torch and timm are installed.
+The training step is the trainer's own (forward, backward, gradient all-reduce, Adam with weight
+decay and clipping) on random data already on the devices: it measures the accelerator, not the
+input pipeline. --batch_size is per device; with several sizes each is measured and the best is
+reported, as in the paper. The implementations take turns over --repeats rounds of --steps
+steps and each keeps its fastest round, so slow drift on a shared machine hits all alike.
+
+FLOPs are analytic (mixer_jax.flops: matmuls, training = 3x forward). MFU divides the achieved
+FLOP/s by the matmul rate this run measures on one device (a square jnp.dot in the compute
+dtype) times the number of devices. Memory: XLA's compiled size of the step (arguments, outputs
+and temporaries) and, where the backend reports it, the device's peak bytes in use.
 """
 import json
 import os
 import sys
 import time
 import types
+from typing import Callable
 
 from absl import app, flags
 import jax
@@ -21,90 +33,237 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference_mixer  # noqa: E402
 from mixer_jax import flops, models, optim, steps  # noqa: E402
 
-_VARIANT = flags.DEFINE_string('variant', 'B/16', f'One of {", ".join(models.VARIANTS)}.')
+_VARIANT = flags.DEFINE_string('variant', 'S/32', f'One of {", ".join(models.VARIANTS)}.')
 _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Image height and width.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per device.')
+_BATCH = flags.DEFINE_list('batch_size', ['32'], 'Images per device; several: a sweep.')
 _MODE = flags.DEFINE_enum('mode', 'both', ['inference', 'train', 'both'], 'What to time.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-_STEPS = flags.DEFINE_integer(
-    'steps', 10, 'Timed steps, after 2 untimed warm-up steps (use 30 or more on GPUs).')
+_IMPL = flags.DEFINE_list('impl', ['ours', 'reference', 'timm'], 'Implementations to time.')
+_DEVICES = flags.DEFINE_integer('devices', 0, 'Use the first N devices (0: all).')
+_REMAT = flags.DEFINE_bool('remat', False, 'Rematerialise block activations (ours only).')
+_STEPS = flags.DEFINE_integer('steps', 0, 'Timed steps per round (0: 3 on CPU, 30 otherwise).')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds; each implementation keeps its best.')
+_MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0,
+                                    'N of the NxN matmul (0: 2048 on CPU, 8192 otherwise).')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement here.')
 
 # Adam with the pre-training recipe's clipping and weight decay; the values do not affect speed.
 _RECIPE = types.SimpleNamespace(optimizer='adam', learning_rate=1e-3, warmup_steps=10,
                                 total_steps=1000, lr_decay='linear', weight_decay=0.1,
                                 grad_clip_norm=1.0)
+_TIMM_NAMES = {'S/32': 'mixer_s32_224', 'S/16': 'mixer_s16_224', 'B/32': 'mixer_b32_224',
+               'B/16': 'mixer_b16_224', 'L/32': 'mixer_l32_224', 'L/16': 'mixer_l16_224'}
 
 
-def time_steps(run_step, num_steps: int, sync_every_step: bool) -> float:
-  """Seconds per step, after two warm-up steps (the first compiles)."""
-  for _ in range(2):
-    jax.block_until_ready(run_step())
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    out = run_step()
-    if sync_every_step:
+def matmul_flops_per_sec(dtype, n: int, device) -> float:
+  """The device's rate on an n x n x n matmul, best of 3 rounds."""
+  a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), dtype), device)
+          for i in (0, 1))
+  dot = jax.jit(jnp.dot)
+  once = time_rounds({'dot': lambda: dot(a, b)}, 1, 1, sync_every_step=False)['dot']
+  calls = int(min(max(0.3 / once, 3), 1000))  # about 0.3 s a round
+  seconds = time_rounds({'dot': lambda: dot(a, b)}, calls, 3, sync_every_step=False)['dot']
+  return 2 * n ** 3 / seconds
+
+
+def time_rounds(run_steps: dict[str, Callable], num_steps: int, repeats: int,
+                sync_every_step: bool) -> dict[str, float]:
+  """Seconds per step of each function: fastest of `repeats` rounds, taking turns."""
+  for run_step in run_steps.values():  # compile and warm up
+    for _ in range(2):
+      jax.block_until_ready(run_step())
+  best = {name: float('inf') for name in run_steps}
+  for _ in range(repeats):
+    for name, run_step in run_steps.items():
+      start = time.perf_counter()
+      for _ in range(num_steps):
+        out = run_step()
+        if sync_every_step:
+          jax.block_until_ready(out)
       jax.block_until_ready(out)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / num_steps
+      best[name] = min(best[name], (time.perf_counter() - start) / num_steps)
+  return best
 
 
-def measure(mode: str) -> dict:
-  model = models.create_model(_VARIANT.value, num_classes=1000, dtype=jnp.dtype(_DTYPE.value))
-  mesh = steps.create_mesh()
-  n = jax.device_count()
-  batch = {
-      'image': jax.random.uniform(jax.random.key(0), (n * _BATCH.value, _RESOLUTION.value,
-                                                      _RESOLUTION.value, 3), minval=-1, maxval=1),
-      'label': jax.random.randint(jax.random.key(1), (n * _BATCH.value,), 0, 1000),
-  }
-  batch = jax.device_put(batch, NamedSharding(mesh, P(steps.AXIS)))
+def jax_step(impl: str, mode: str, batch_size: int, mesh):
+  """A no-argument function running one step, and XLA's compiled memory size of that step."""
+  kwargs = dict(num_classes=1000, dtype=jnp.dtype(_DTYPE.value))
+  if impl == 'ours':
+    model = models.create_model(_VARIANT.value, remat=_REMAT.value, **kwargs)
+  else:
+    model = reference_mixer.create_reference_model(_VARIANT.value, **kwargs)
+  res, n = _RESOLUTION.value, mesh.size
+  sharding = NamedSharding(mesh, P(steps.AXIS))
+  images = jax.device_put(jax.random.uniform(jax.random.key(0), (n * batch_size, res, res, 3),
+                                             minval=-1, maxval=1), sharding)
+  batch = {'image': images, 'label': jax.device_put(
+      jax.random.randint(jax.random.key(1), (n * batch_size,), 0, 1000), sharding)}
   lr_fn = optim.create_learning_rate_fn(_RECIPE)
-  state = steps.create_train_state(model, optim.create_optimizer(_RECIPE, lr_fn),
-                                   (_RESOLUTION.value, _RESOLUTION.value, 3), jax.random.key(2),
-                                   mesh)
-  # CPU collectives can deadlock with several steps in flight (see trainer).
-  sync = jax.default_backend() == 'cpu' and n > 1
+  state = steps.create_train_state(model, optim.create_optimizer(_RECIPE, lr_fn), (res, res, 3),
+                                   jax.random.key(2), mesh)
   if mode == 'train':
     train_step = steps.make_train_step(model, lr_fn, mesh, num_classes=1000)
+    train_step = train_step.lower(state, batch, jax.random.key(3)).compile()
     holder = [state]
 
     def run_step():
       holder[0], metrics = train_step(holder[0], batch, jax.random.key(3))
       return metrics
-    flops_per_image = flops.train_step_flops(model, _RESOLUTION.value)
   else:
-    predict = jax.jit(lambda params, images: model.apply({'params': params}, images))
-    run_step = lambda: predict(state.params, batch['image'])
-    flops_per_image = flops.forward_flops(model, _RESOLUTION.value)
+    predict = jax.jit(jax.shard_map(lambda p, x: model.apply({'params': p}, x), mesh=mesh,
+                                    in_specs=(P(), P(steps.AXIS)), out_specs=P(steps.AXIS)))
+    predict = predict.lower(state.params, images).compile()
+    run_step = lambda: predict(state.params, images)
+  memory = (train_step if mode == 'train' else predict).memory_analysis()
+  step_bytes = None
+  if memory is not None:
+    step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                  + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return run_step, model, step_bytes
 
-  seconds = time_steps(run_step, _STEPS.value, sync)
-  images_per_sec = n * _BATCH.value / seconds
-  return {
-      'variant': _VARIANT.value, 'resolution': _RESOLUTION.value, 'mode': mode,
-      'dtype': _DTYPE.value, 'devices': n, 'device_kind': jax.devices()[0].device_kind,
-      'batch_per_device': _BATCH.value, 'step_ms': 1e3 * seconds,
-      'images_per_sec': images_per_sec, 'images_per_sec_per_device': images_per_sec / n,
-      'gflops_per_image': flops_per_image / 1e9,
-      'tflops_per_sec': images_per_sec * flops_per_image / 1e12,
-  }
+
+def timm_step(mode: str, batch_size: int):
+  """timm's MlpMixer on the matching torch device, or None where it cannot run here."""
+  try:
+    import torchvision  # noqa: F401  (imported before timm, which needs it)
+    import timm
+    import torch
+  except ImportError:
+    print('timm: not installed (pip install torch torchvision timm), skipped')
+    return None
+  if _VARIANT.value not in _TIMM_NAMES or _DEVICES.value > 1:
+    print(f'timm: no {_VARIANT.value} model or several devices asked for, skipped')
+    return None
+  on_gpu = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+  device = 'cuda' if on_gpu else 'cpu'
+  if not on_gpu:
+    torch.set_num_threads(os.cpu_count())
+  amp = torch.autocast(device, torch.bfloat16, enabled=_DTYPE.value == 'bfloat16')
+  model = timm.create_model(_TIMM_NAMES[_VARIANT.value], num_classes=1000,
+                            img_size=_RESOLUTION.value).to(device)
+  x = torch.rand(batch_size, 3, _RESOLUTION.value, _RESOLUTION.value, device=device) * 2 - 1
+  y = torch.randint(0, 1000, (batch_size,), device=device)
+  if mode == 'train':
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def run_step():
+      opt.zero_grad(set_to_none=True)
+      with amp:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+      opt.step()
+      return _TorchSync(loss)
+  else:
+    model.eval()
+
+    def run_step():
+      with torch.inference_mode(), amp:
+        return _TorchSync(model(x))
+  return run_step
+
+
+class _TorchSync:
+  """Lets time_rounds wait for a torch result as jax.block_until_ready does for JAX."""
+
+  def __init__(self, tensor):
+    self.tensor = tensor
+
+  def block_until_ready(self):
+    self.tensor.sum().item()
+    return self
+
+
+def peak_bytes(devices) -> int | None:
+  stats = [d.memory_stats() for d in devices]
+  return None if None in stats else max(s.get('peak_bytes_in_use', 0) for s in stats)
+
+
+def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int) -> list[dict]:
+  """One line per implementation for this mode and batch size."""
+  run_steps, step_bytes = {}, {}
+  model = None
+  for impl in _IMPL.value:
+    if impl == 'timm':
+      run_step = timm_step(mode, batch_size)
+      if run_step:
+        run_steps[impl] = run_step
+    else:
+      run_steps[impl], model, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
+  if model is None:  # only timm: count FLOPs on our model of the same shape
+    model = models.create_model(_VARIANT.value, num_classes=1000)
+  per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
+      model, _RESOLUTION.value)
+  # CPU collectives can deadlock with several steps in flight (see trainer).
+  sync = jax.default_backend() == 'cpu' and mesh.size > 1
+  seconds = time_rounds(run_steps, num_steps, _REPEATS.value, sync)
+  n = 1 if list(run_steps) == ['timm'] else mesh.size
+  results = []
+  for impl, s in seconds.items():
+    devices = 1 if impl == 'timm' else n
+    images_per_sec = devices * batch_size / s
+    results.append({
+        'impl': impl, 'variant': _VARIANT.value, 'resolution': _RESOLUTION.value, 'mode': mode,
+        'dtype': _DTYPE.value, 'remat': _REMAT.value and impl == 'ours', 'devices': devices,
+        'device_kind': mesh.devices.flat[0].device_kind, 'batch_per_device': batch_size,
+        'step_ms': 1e3 * s, 'images_per_sec': images_per_sec,
+        'images_per_sec_per_device': images_per_sec / devices,
+        'gflops_per_image': per_image / 1e9,
+        'tflops_per_sec': images_per_sec * per_image / 1e12,
+        'matmul_tflops_per_sec_per_device': matmul_rate / 1e12,
+        'mfu': images_per_sec * per_image / (matmul_rate * devices),
+        'step_memory_gb': step_bytes[impl] / 1e9 if step_bytes.get(impl) else None,
+        'peak_memory_gb': None if impl == 'timm' or peak_bytes(mesh.devices.flat) is None
+                          else peak_bytes(mesh.devices.flat) / 1e9,
+        'jax_version': jax.__version__, 'date': time.strftime('%Y-%m-%d %H:%M'),
+    })
+  return results
+
+
+def report(r: dict) -> None:
+  memory = ''.join(f", {label} {r[key]:.2f} GB" for key, label in
+                   (('step_memory_gb', 'step'), ('peak_memory_gb', 'peak')) if r[key])
+  print(f"{r['impl']:9s} {r['variant']} {r['resolution']}px {r['mode']:9s} {r['dtype']} "
+        f"{r['devices']}x {r['device_kind']} batch/device {r['batch_per_device']}: "
+        f"{r['images_per_sec']:.1f} img/s ({r['images_per_sec_per_device']:.1f}/device), "
+        f"{r['step_ms']:.1f} ms/step, {r['tflops_per_sec'] * 1e3:.1f} GFLOP/s, "
+        f"MFU {r['mfu']:.3f}{memory}", flush=True)
 
 
 def main(argv):
   del argv
+  devices = jax.devices()[:_DEVICES.value or None]
+  mesh = jax.make_mesh((len(devices),), (steps.AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  on_cpu = jax.default_backend() == 'cpu'
+  num_steps = _STEPS.value or (3 if on_cpu else 30)
+  dtype = jnp.dtype(_DTYPE.value)
+  n = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
+  matmul_rate = matmul_flops_per_sec(dtype, n, devices[0])
+  print(f'Matmul rate, {n}x{n} {dtype.name} on {devices[0].device_kind}: '
+        f'{matmul_rate / 1e12:.3f} TFLOP/s per device', flush=True)
   modes = ['inference', 'train'] if _MODE.value == 'both' else [_MODE.value]
   for mode in modes:
-    r = measure(mode)
-    print(f"{r['variant']} {r['resolution']}px {r['mode']:9s} {r['dtype']} "
-          f"{r['devices']}x {r['device_kind']} batch/device {r['batch_per_device']}: "
-          f"{r['images_per_sec']:.1f} img/s ({r['images_per_sec_per_device']:.1f}/device), "
-          f"{r['step_ms']:.1f} ms/step, {r['gflops_per_image']:.2f} GFLOP/image, "
-          f"{r['tflops_per_sec']:.3f} TFLOP/s", flush=True)
-    if _JSON_OUT.value:
-      with open(_JSON_OUT.value, 'a') as f:
-        f.write(json.dumps(r) + '\n')
+    best = {}
+    for batch_size in map(int, _BATCH.value):
+      for r in measure(mode, batch_size, mesh, matmul_rate, num_steps):
+        report(r)
+        if _JSON_OUT.value:
+          with open(_JSON_OUT.value, 'a') as f:
+            f.write(json.dumps(r) + '\n')
+        if r['images_per_sec'] > best.get(r['impl'], {}).get('images_per_sec', 0):
+          best[r['impl']] = r
+    if len(_BATCH.value) > 1:
+      print(f'Best batch, {mode}:')
+      for r in best.values():
+        report(r)
+    if 'ours' in best:
+      ratios = ', '.join(f"{best['ours']['images_per_sec'] / r['images_per_sec']:.2f}x {impl}"
+                         for impl, r in best.items() if impl != 'ours')
+      print(f'ours, {mode}, best batches: {ratios or "nothing to compare"}', flush=True)
 
 
 if __name__ == '__main__':

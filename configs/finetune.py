@@ -34,7 +34,8 @@ def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
 
   # Model: a Table 1 variant; `model` fields override its sizes.
   config.variant = variant
-  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True))  # False for timm weights
+  # approximate_gelu: False for timm weights; remat: recompute activations, for less memory.
+  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True, remat=False))
   config.stoch_depth = 0.0
   config.dtype = 'bfloat16'  # compute dtype; use 'float32' on CPU
   config.init_from = ''  # the pre-trained weights: .npz, timm file or workdir

@@ -34,7 +34,8 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
 
   # Model.
   config.variant = variant
-  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True))
+  # remat recomputes each block's activations in the backward pass: L and H fit smaller memories.
+  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True, remat=False))
   config.stoch_depth = 0.1
   config.dtype = 'bfloat16'
   config.init_from = ''

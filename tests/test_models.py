@@ -1,4 +1,5 @@
 """The model against the paper: parameter counts, names, and an independent NumPy forward."""
+import functools
 import math
 
 import jax
@@ -163,3 +164,52 @@ def test_bfloat16_compute_keeps_float32_parameters():
   out32 = small_model().apply({'params': params}, images)
   assert out16.dtype == jnp.float32
   np.testing.assert_allclose(out16, out32, rtol=0.1, atol=0.1 * float(jnp.abs(out32).max()))
+
+
+def _reference_and_ours(**fields):
+  from benchmarks import reference_mixer  # the official code's formulation
+  kw = dict(num_classes=10, num_blocks=3, patch_size=8, hidden_dim=32, tokens_mlp_dim=24,
+            channels_mlp_dim=48, stoch_depth=0.3, **fields)
+  return reference_mixer.ReferenceMlpMixer(**kw), models.MlpMixer(**kw)
+
+
+def _random_params(model, images):
+  """Initial parameters plus noise, so that zero-initialised heads and biases matter."""
+  params = model.init(jax.random.key(0), images)['params']
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return tree.unflatten([x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_optimised_model_equals_reference_formulation(train):
+  reference, ours = _reference_and_ours()
+  images = jax.random.normal(jax.random.key(2), (4, 32, 48, 3))  # 4x6 tokens, not square
+  params = _random_params(reference, images)
+  # Same parameter tree, shapes and initialisation: checkpoints are interchangeable.
+  assert jax.tree.all(jax.tree.map(jnp.array_equal, reference.init(jax.random.key(0), images),
+                                   ours.init(jax.random.key(0), images)))
+  # In training, the same stochastic-depth draws too.
+  run = lambda m, p: m.apply({'params': p}, images, train=train, rngs={'dropout': jax.random.key(3)})
+  want, got = run(reference, params), run(ours, params)
+  assert float(jnp.max(jnp.abs(want))) > 0.5
+  np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+
+  grad = lambda m: jax.grad(lambda p: jnp.sum(run(m, p) ** 2))(params)
+  want, got = grad(reference), grad(ours)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
+  for path, g in jax.tree_util.tree_leaves_with_path(got):
+    w = functools.reduce(lambda t, k: t[k.key], path, want)
+    np.testing.assert_allclose(g, w, atol=2e-6 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+def test_rematerialised_model_gives_the_same_gradients():
+  _, ours = _reference_and_ours()
+  _, remat = _reference_and_ours(remat=True)
+  images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+  params = _random_params(ours, images)
+  grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply(
+      {'params': p}, images, train=True, rngs={'dropout': jax.random.key(3)}) ** 2))(params)
+  want, got = grad(ours), grad(remat)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,89 @@
+"""Device-days a training recipe takes, next to the paper's TPUv3 core-days.
+
+  python benchmarks/core_days.py --config=configs/pretrain_imagenet.py:B/16 \
+      --images_per_sec_per_core=1384
+  python benchmarks/core_days.py --config=configs/finetune.py:B/16,cifar10 --measure
+
+Training time is steps x global batch / (per-device training throughput x devices); device-days
+are that time x devices, so they depend only on the per-device throughput. Give it with
+--images_per_sec_per_core (e.g. from benchmarks/throughput.py on your accelerator), or let
+--measure run benchmarks/throughput.py here (the recipe's variant, image size and dtype, our
+implementation, training step, the best of --measure_batch_sizes per device). The same recipe at
+the paper's TPUv3 training throughput is printed beside it. The paper's Table 2-3 figures are
+inference images/s/core, so TPUv3 training is taken as a third of them (backward = 2x forward);
+the core-days the paper publishes for whole runs are listed where the variant matches.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe, e.g. '
+                                          'configs/pretrain_imagenet.py:B/16.')
+_THROUGHPUT = flags.DEFINE_float('images_per_sec_per_core', None,
+                                 'Training images/s per device; or use --measure.')
+_MEASURE = flags.DEFINE_bool('measure', False, 'Measure it here with benchmarks/throughput.py.')
+_MEASURE_BATCHES = flags.DEFINE_list('measure_batch_sizes', ['8', '32'],
+                                     'Per-device batch sizes tried by --measure.')
+_DATASET_SIZE = flags.DEFINE_integer('dataset_size', 0, 'Training examples, to print epochs.')
+
+# Paper Tables 2-3: inference images/s/core on TPUv3 at 224, best batch (MIXER_NOTES section 7).
+PAPER_TPUV3_IMAGES_PER_SEC = {'S/32': 11_489, 'S/16': 3_994, 'B/32': 4_208, 'B/16': 1_384,
+                              'L/32': 1_314, 'L/16': 419, 'H/14': 194}
+# Whole pre-training runs whose TPUv3 core-days the paper publishes.
+PAPER_CORE_DAYS = {'H/14': 'JFT-300M pre-training: 1.01k TPUv3 core-days',
+                   'L/16': 'ImageNet-21k pre-training: 0.41k TPUv3 core-days'}
+
+
+def device_days(total_steps: int, global_batch: int, images_per_sec_per_device: float) -> float:
+  """Device-days of `total_steps` steps of `global_batch` images, on any number of devices."""
+  return total_steps * global_batch / images_per_sec_per_device / 86_400
+
+
+def measure(config) -> float:
+  """Best per-device training images/s of the recipe's model here, by benchmarks/throughput.py."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'results.jsonl')
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), 'throughput.py'),
+                    f'--variant={config.variant}', f'--resolution={config.image_size}',
+                    f'--dtype={config.dtype}', '--mode=train', '--impl=ours',
+                    f'--batch_size={",".join(_MEASURE_BATCHES.value)}', f'--json_out={out}'],
+                   check=True)
+    with open(out) as f:
+      return max(json.loads(line)['images_per_sec_per_device'] for line in f)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/pretrain_imagenet.py:B/16')
+  if not config.variant:
+    raise app.UsageError('The recipe has no Table 1 variant (config.variant): nothing to compare.')
+  if (_THROUGHPUT.value is None) == (not _MEASURE.value):
+    raise app.UsageError('Give exactly one of --images_per_sec_per_core=N and --measure.')
+  throughput = measure(config) if _MEASURE.value else _THROUGHPUT.value
+  images = config.total_steps * config.batch_size
+  epochs = f', {images / _DATASET_SIZE.value:.1f} epochs' if _DATASET_SIZE.value else ''
+  print(f'Mixer-{config.variant} at {config.image_size}px: {config.total_steps:,} steps x batch '
+        f'{config.batch_size:,} = {images / 1e6:,.1f}M images{epochs}.')
+  ours = device_days(config.total_steps, config.batch_size, throughput)
+  print(f'  at {throughput:,.1f} training images/s per device: {ours:,.2f} device-days '
+        f'({ours * 24:,.1f} device-hours)')
+  if config.variant in PAPER_TPUV3_IMAGES_PER_SEC and config.image_size == 224:
+    tpu = PAPER_TPUV3_IMAGES_PER_SEC[config.variant] / 3
+    print(f'  at the paper\'s TPUv3 rate ({PAPER_TPUV3_IMAGES_PER_SEC[config.variant]:,} '
+          f'inference images/s/core, ~{tpu:,.0f} training): '
+          f'{device_days(config.total_steps, config.batch_size, tpu):,.2f} TPUv3 core-days')
+  if config.variant in PAPER_CORE_DAYS:
+    print(f'  paper, Mixer-{config.variant}: {PAPER_CORE_DAYS[config.variant]}')
+
+
+if __name__ == '__main__':
+  app.run(main)
