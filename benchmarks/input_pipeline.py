@@ -42,8 +42,9 @@ def generate_jpegs(n: int) -> list[bytes]:
 def images_per_sec(config, jpegs: list[bytes], seconds: float) -> float:
   labels = np.zeros(len(jpegs), np.int64)
   ds = tf.data.Dataset.from_tensor_slices((jpegs, labels)).repeat().enumerate()
-  ds = ds.map(lambda position, example: input_pipeline.train_example(config, position, *example),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda position, example: input_pipeline.train_example(
+      config, position, input_pipeline.decode_image(example[0]), example[1]),
+      num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(64).prefetch(tf.data.AUTOTUNE)
   it = iter(ds)
   for _ in range(3):  # warm-up: graph building and thread start

@@ -67,10 +67,11 @@ def _is_decodable(path: str) -> bool:
     return False
 
 
-def load_image_folder(root: str, split: str) -> Split:
+def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   """Images in `<root>/<split>/<class>/*.{jpg,jpeg,png}`; classes are the sorted train folders.
 
-  Files that cannot be decoded are skipped, with their count and names in the log.
+  With `verify`, every file is decoded once and those that fail are skipped, with their count
+  and names in the log; without it (millions of files) files are only listed.
   """
   layout = (f'Expected <data_dir>/train/<class>/*.jpg|png and <data_dir>/test/<class>/*.jpg|png; '
             f'set --config.data_dir to that folder.')
@@ -94,7 +95,7 @@ def load_image_folder(root: str, split: str) -> Split:
       raise UserError(f'Class folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)}): '
                       'add images or remove the folder.')
     for path in files:
-      if _is_decodable(path):
+      if not verify or _is_decodable(path):
         paths.append(path)
         labels.append(classes.index(name))
       else:
@@ -112,7 +113,9 @@ def load_split(config, split: str) -> Split:
   if config.dataset == 'digits':
     return load_digits(split)
   if config.dataset == 'folder':
-    return load_image_folder(config.data_dir, split)
+    # Training files may go unchecked (verify_images=False): the stream then skips bad ones.
+    verify = config.get('verify_images', True) or split != 'train'
+    return load_image_folder(config.data_dir, split, verify)
   raise ValueError(f'{config.dataset} is not an in-memory data set')
 
 
@@ -239,14 +242,11 @@ def create_train_dataset(config, start_step: int, process_index: int,
   ds = order.skip(start % n).enumerate(start=start)
   ds = ds.shard(process_count, process_index)
 
-  max_shift = round(config.augment.max_shift * config.image_size)
-
-  def example(position, index):
-    image = to_model_input(read_image(images, index), config.image_size)
-    image = random_shift(image, max_shift, seed=tf.stack([tf.cast(seed, tf.int64), position]))
-    return {'image': image, 'label': tf.gather(labels, index)}
-
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(lambda position, index: train_example(config, position, read_image(images, index),
+                                                     tf.gather(labels, index)),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if not config.get('verify_images', True):  # unchecked files: skip any that fail to decode
+    ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(config.batch_size // process_count, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -264,18 +264,36 @@ def create_eval_dataset(config, split: str, process_index: int,
   index = np.where(np.arange(padded) < n, np.arange(padded), 0)
   ds = tf.data.Dataset.from_tensor_slices((index, (np.arange(padded) < n).astype(np.float32)))
   ds = ds.shard(process_count, process_index)
-  ds = ds.map(lambda i, mask: {'image': to_model_input(read_image(images, i), config.image_size),
+  ds = ds.map(lambda i, mask: {'image': eval_image(config, read_image(images, i)),
                                'label': tf.gather(labels, i), 'mask': mask},
               num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch // process_count).prefetch(tf.data.AUTOTUNE)
 
 
-def train_example(config, position, encoded, label):
-  """One training example from encoded image bytes; its random draws depend on its position."""
+def train_example(config, position, image_uint8, label):
+  """One augmented training example; its random draws depend only on (seed, position).
+
+  Recipes with an `augment` block (small images: digits, CIFAR from scratch) resize the whole
+  image and shift it; the others take the ImageNet-style Inception crop, flip and RandAugment.
+  """
   seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(position, tf.int64)])
-  image = train_preprocess(decode_image(encoded), config.image_size, seed, config.randaug_layers,
-                           config.randaug_magnitude)
+  if 'augment' in config:
+    image = to_model_input(image_uint8, config.image_size)
+    image = random_shift(image, round(config.augment.max_shift * config.image_size), seed)
+    if config.augment.get('flip', False):
+      flip_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  else:
+    image = train_preprocess(image_uint8, config.image_size, seed, config.randaug_layers,
+                             config.randaug_magnitude)
   return {'image': image, 'label': tf.cast(label, tf.int32)}
+
+
+def eval_image(config, image_uint8):
+  """The deterministic evaluation view matching train_example's preprocessing."""
+  if 'augment' in config:
+    return to_model_input(image_uint8, config.image_size)
+  return eval_preprocess(image_uint8, config.image_size)
 
 
 def _tfds_train_dataset(config, start_step, process_index, process_count):
@@ -286,7 +304,8 @@ def _tfds_train_dataset(config, start_step, process_index, process_count):
   start = start_step * local_batch
   ds = ds.repeat().shuffle(config.shuffle_buffer, seed=config.seed).skip(start).enumerate(start)
 
-  ds = ds.map(lambda position, example: train_example(config, position, *example),
+  ds = ds.map(lambda position, example: train_example(config, position, decode_image(example[0]),
+                                                       example[1]),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -298,7 +317,7 @@ def _tfds_eval_dataset(config, split, process_index, process_count):
   per_process = -(-count_examples(config, split) // process_count)
   num_batches = -(-per_process // local_batch)
   ds = ds.map(lambda encoded, label: {
-      'image': eval_preprocess(decode_image(encoded), config.image_size),
+      'image': eval_image(config, decode_image(encoded)),
       'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)},
       num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors({

@@ -182,6 +182,19 @@ def test_inception_crop_covers_the_stated_area_and_aspect_range():
   assert 0.7 <= min(ratios) and max(ratios) <= 1.4
 
 
+@pytest.mark.parametrize('flip', [False, True])
+def test_small_image_augmentation_flips_only_when_asked(flip):
+  config = digits.get_config()
+  config.augment.update(max_shift=0.0, flip=flip)
+  image = tf.constant(np.arange(16 * 16 * 3).reshape(16, 16, 3) % 256, tf.uint8)
+  plain = input_pipeline.to_model_input(image, 16).numpy()
+  outs = [input_pipeline.train_example(config, position, image, 0)['image'].numpy()
+          for position in range(40)]
+  mirrored = sum(np.array_equal(out, plain[:, ::-1]) for out in outs)
+  assert mirrored + sum(np.array_equal(out, plain) for out in outs) == 40
+  assert (10 <= mirrored <= 30) if flip else mirrored == 0
+
+
 def test_train_preprocessing_flips_half_of_the_time():
   image = tf.constant(np.arange(40 * 40 * 3).reshape(40, 40, 3) % 256, tf.uint8)
   flipped = 0

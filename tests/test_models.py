@@ -173,19 +173,11 @@ def _reference_and_ours(**fields):
   return reference_mixer.ReferenceMlpMixer(**kw), models.MlpMixer(**kw)
 
 
-def _random_params(model, images):
-  """Initial parameters plus noise, so that zero-initialised heads and biases matter."""
-  params = model.init(jax.random.key(0), images)['params']
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  return tree.unflatten([x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-
 @pytest.mark.parametrize('train', [False, True])
 def test_optimised_model_equals_reference_formulation(train):
   reference, ours = _reference_and_ours()
   images = jax.random.normal(jax.random.key(2), (4, 32, 48, 3))  # 4x6 tokens, not square
-  params = _random_params(reference, images)
+  params = random_params(reference, images)
   # Same parameter tree, shapes and initialisation: checkpoints are interchangeable.
   assert jax.tree.all(jax.tree.map(jnp.array_equal, reference.init(jax.random.key(0), images),
                                    ours.init(jax.random.key(0), images)))
@@ -207,7 +199,7 @@ def test_rematerialised_model_gives_the_same_gradients():
   _, ours = _reference_and_ours()
   _, remat = _reference_and_ours(remat=True)
   images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
-  params = _random_params(ours, images)
+  params = random_params(ours, images)
   grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply(
       {'params': p}, images, train=True, rngs={'dropout': jax.random.key(3)}) ** 2))(params)
   want, got = grad(ours), grad(remat)
