@@ -16,7 +16,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from mixer_jax import errors, trainer
+from mixer_jax import errors, host, trainer
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, 'configs', 'digits.py')
@@ -111,6 +111,7 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join('runs', name)
   try:
     initialize_distributed()
+    host.keep_freed_memory_on_cpu()  # before the backend starts: ~1.25x faster CPU steps
     results = trainer.train_and_evaluate(flags.FLAGS.config, workdir)
   except (errors.UserError, FloatingPointError) as e:
     sys.exit(f'error: {e}')

@@ -21,7 +21,9 @@ and temporaries) and, where the backend reports it, the device's peak bytes in u
 """
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from typing import Callable
@@ -34,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import reference_mixer  # noqa: E402
-from mixer_jax import flops, models, optim, steps  # noqa: E402
+from mixer_jax import flops, host, models, optim, steps  # noqa: E402
 
 _VARIANT = flags.DEFINE_string('variant', 'S/32', f'One of {", ".join(models.VARIANTS)}.')
 _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Image height and width.')
@@ -49,6 +51,9 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds; each implementation keeps
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0,
                                     'N of the NxN matmul (0: 2048 on CPU, 8192 otherwise).')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement here.')
+_KEEP_MEMORY = flags.DEFINE_bool(
+    'keep_freed_memory', True, 'On CPU, keep freed host memory for reuse, as train.py does '
+    '(mixer_jax.host); applies to every implementation in the run.')
 
 # Adam with the pre-training recipe's clipping and weight decay; the values do not affect speed.
 _RECIPE = types.SimpleNamespace(optimizer='adam', learning_rate=1e-3, warmup_steps=10,
@@ -59,13 +64,13 @@ _TIMM_NAMES = {'S/32': 'mixer_s32_224', 'S/16': 'mixer_s16_224', 'B/32': 'mixer_
 
 
 def matmul_flops_per_sec(dtype, n: int, device) -> float:
-  """The device's rate on an n x n x n matmul, best of 3 rounds."""
+  """The device's rate on an n x n x n matmul, best of 5 rounds."""
   a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), dtype), device)
           for i in (0, 1))
   dot = jax.jit(jnp.dot)
   once = time_rounds({'dot': lambda: dot(a, b)}, 1, 1, sync_every_step=False)['dot']
   calls = int(min(max(0.3 / once, 3), 1000))  # about 0.3 s a round
-  seconds = time_rounds({'dot': lambda: dot(a, b)}, calls, 3, sync_every_step=False)['dot']
+  seconds = time_rounds({'dot': lambda: dot(a, b)}, calls, 5, sync_every_step=False)['dot']
   return 2 * n ** 3 / seconds
 
 
@@ -182,25 +187,51 @@ def peak_bytes(devices) -> int | None:
   return None if None in stats else max(s.get('peak_bytes_in_use', 0) for s in stats)
 
 
+def timm_seconds_in_subprocess(mode: str, batch_size: int, num_steps: int) -> float | None:
+  """timm's seconds per step, from this tool run on timm alone in a child process.
+
+  PyTorch's and XLA's thread pools each claim every core; in one process, whichever runs second
+  finds the other's threads still spinning.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'timm.jsonl')
+    child = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), '--impl=timm', f'--mode={mode}',
+         f'--batch_size={batch_size}', f'--variant={_VARIANT.value}',
+         f'--resolution={_RESOLUTION.value}', f'--dtype={_DTYPE.value}', f'--steps={num_steps}',
+         f'--repeats={_REPEATS.value}', f'--keep_freed_memory={_KEEP_MEMORY.value}',
+         '--matmul_size=64', f'--json_out={out}'], capture_output=True, text=True)
+    if child.returncode or not os.path.exists(out):
+      print(f'timm: skipped ({(child.stdout + child.stderr).strip().splitlines()[-1:]})')
+      return None
+    with open(out) as f:
+      return json.loads(f.readline())['step_ms'] / 1e3
+
+
 def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int) -> list[dict]:
   """One line per implementation for this mode and batch size."""
   run_steps, step_bytes = {}, {}
   model = None
   for impl in _IMPL.value:
-    if impl == 'timm':
+    if impl == 'timm' and _IMPL.value == ['timm']:
       run_step = timm_step(mode, batch_size)
       if run_step:
         run_steps[impl] = run_step
-    else:
+    elif impl != 'timm':
       run_steps[impl], model, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
   if model is None:  # only timm: count FLOPs on our model of the same shape
     model = models.create_model(_VARIANT.value, num_classes=1000)
   per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
       model, _RESOLUTION.value)
-  # CPU collectives can deadlock with several steps in flight (see trainer).
-  sync = jax.default_backend() == 'cpu' and mesh.size > 1
+  # One step in flight on CPU, as the trainer does: collectives can deadlock otherwise, and a
+  # step dispatched early allocates its buffers while the previous one still holds its own.
+  sync = jax.default_backend() == 'cpu'
   seconds = time_rounds(run_steps, num_steps, _REPEATS.value, sync)
-  n = 1 if list(run_steps) == ['timm'] else mesh.size
+  if 'timm' in _IMPL.value and _IMPL.value != ['timm']:
+    timm_seconds = timm_seconds_in_subprocess(mode, batch_size, num_steps)
+    if timm_seconds:
+      seconds['timm'] = timm_seconds
+  n = 1 if _IMPL.value == ['timm'] else mesh.size
   results = []
   for impl, s in seconds.items():
     devices = 1 if impl == 'timm' else n
@@ -235,6 +266,7 @@ def report(r: dict) -> None:
 
 def main(argv):
   del argv
+  kept = _KEEP_MEMORY.value and host.keep_freed_memory_on_cpu()  # before JAX's backend starts
   devices = jax.devices()[:_DEVICES.value or None]
   mesh = jax.make_mesh((len(devices),), (steps.AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Explicit,))
@@ -244,12 +276,13 @@ def main(argv):
   n = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
   matmul_rate = matmul_flops_per_sec(dtype, n, devices[0])
   print(f'Matmul rate, {n}x{n} {dtype.name} on {devices[0].device_kind}: '
-        f'{matmul_rate / 1e12:.3f} TFLOP/s per device', flush=True)
+        f'{matmul_rate / 1e12:.3f} TFLOP/s per device; freed host memory kept: {kept}', flush=True)
   modes = ['inference', 'train'] if _MODE.value == 'both' else [_MODE.value]
   for mode in modes:
     best = {}
     for batch_size in map(int, _BATCH.value):
       for r in measure(mode, batch_size, mesh, matmul_rate, num_steps):
+        r['keep_freed_memory'] = kept
         report(r)
         if _JSON_OUT.value:
           with open(_JSON_OUT.value, 'a') as f:
