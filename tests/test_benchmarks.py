@@ -27,7 +27,7 @@ def throughput_lines(tmp_path_factory):
   impls = 'ours,reference' + (',timm' if _has_timm() else '')
   run = subprocess.run(
       [sys.executable, 'benchmarks/throughput.py', '--variant=S/32', '--resolution=64',
-       '--batch_size=2,4', '--mode=train', f'--impl={impls}', '--steps=1', '--repeats=1', '--matmul_size=256',
+       '--batch_size=2', '--mode=train', f'--impl={impls}', '--steps=1', '--repeats=1', '--matmul_size=256',
        f'--json_out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
   return [json.loads(line) for line in out.read_text().splitlines()], run.stdout
@@ -52,8 +52,7 @@ def test_throughput_counts_model_flops_by_the_formula(throughput_lines):
 def test_throughput_arithmetic_is_consistent(throughput_lines):
   lines, stdout = throughput_lines
   impls = {'ours', 'reference'} | ({'timm'} if _has_timm() else set())
-  for batch in (2, 4):
-    assert {r['impl'] for r in lines if r['batch_per_device'] == batch} == impls
+  assert [r['impl'] for r in lines] == sorted(impls, key=['ours', 'reference', 'timm'].index)
   for r in lines:
     assert r['images_per_sec'] == pytest.approx(
         r['devices'] * r['batch_per_device'] / (r['step_ms'] / 1e3))
@@ -62,12 +61,9 @@ def test_throughput_arithmetic_is_consistent(throughput_lines):
         r['tflops_per_sec'] / (r['devices'] * r['matmul_tflops_per_sec_per_device']))
     if r['impl'] != 'timm':  # XLA's buffer assignment: at least the parameters, in float32
       assert r['step_memory_gb'] * 1e9 > 4 * 18e6
-  # The ratio line compares the best batch of each implementation.
-  best = {(r['mode'], r['impl']): max(x['images_per_sec'] for x in lines
-                                      if (x['mode'], x['impl']) == (r['mode'], r['impl']))
-          for r in lines}
+  speed = {r['impl']: r['images_per_sec'] for r in lines}
   ratio = float(re.search(r'ours, train, best batches: ([\d.]+)x reference', stdout).group(1))
-  assert ratio == pytest.approx(best['train', 'ours'] / best['train', 'reference'], abs=0.006)
+  assert ratio == pytest.approx(speed['ours'] / speed['reference'], abs=0.006)
 
 
 def test_core_days_of_a_recipe_at_a_given_throughput():

@@ -187,7 +187,7 @@ def test_optimised_model_equals_reference_formulation(train):
   assert float(jnp.max(jnp.abs(want))) > 0.5
   np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
 
-  grad = lambda m: jax.grad(lambda p: jnp.sum(run(m, p) ** 2))(params)
+  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(run(m, p) ** 2)))(params)
   want, got = grad(reference), grad(ours)
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
   for path, g in jax.tree_util.tree_leaves_with_path(got):
@@ -200,8 +200,23 @@ def test_rematerialised_model_gives_the_same_gradients():
   _, remat = _reference_and_ours(remat=True)
   images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
   params = random_params(ours, images)
-  grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply(
-      {'params': p}, images, train=True, rngs={'dropout': jax.random.key(3)}) ** 2))(params)
+  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(
+      {'params': p}, images, train=True, rngs={'dropout': jax.random.key(3)}) ** 2)))(params)
   want, got = grad(ours), grad(remat)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_model_applies_to_a_batch_sharded_global_array():
+  """Outside shard_map, on a batch-sharded array (explicit sharding), it computes the same."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  model = small_model()
+  images = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
+  params = random_params(model, images)
+  mesh = jax.make_mesh((jax.device_count(),), ('batch',),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  sharded = jax.device_put(images, NamedSharding(mesh, P('batch')))
+  apply = jax.jit(lambda x: model.apply({'params': params}, x))
+  got = apply(sharded)
+  assert jax.typeof(got).sharding.spec[0] == 'batch'
+  np.testing.assert_allclose(got, apply(images), rtol=1e-5, atol=1e-5)
