@@ -111,18 +111,18 @@ def jax_step(impl: str, mode: str, batch_size: int, mesh):
                                    jax.random.key(2), mesh)
   if mode == 'train':
     train_step = steps.make_train_step(model, lr_fn, mesh, num_classes=1000)
-    train_step = train_step.lower(state, batch, jax.random.key(3)).compile()
+    compiled = train_step.lower(state, batch, jax.random.key(3)).compile()
     holder = [state]
 
     def run_step():
-      holder[0], metrics = train_step(holder[0], batch, jax.random.key(3))
+      holder[0], metrics = compiled(holder[0], batch, jax.random.key(3))
       return metrics
   else:
     predict = jax.jit(jax.shard_map(lambda p, x: model.apply({'params': p}, x), mesh=mesh,
                                     in_specs=(P(), P(steps.AXIS)), out_specs=P(steps.AXIS)))
-    predict = predict.lower(state.params, images).compile()
-    run_step = lambda: predict(state.params, images)
-  memory = (train_step if mode == 'train' else predict).memory_analysis()
+    compiled = predict.lower(state.params, images).compile()
+    run_step = lambda: compiled(state.params, images)
+  memory = compiled.memory_analysis()
   step_bytes = None
   if memory is not None:
     step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -200,6 +200,7 @@ def timm_seconds_in_subprocess(mode: str, batch_size: int, num_steps: int) -> fl
          f'--batch_size={batch_size}', f'--variant={_VARIANT.value}',
          f'--resolution={_RESOLUTION.value}', f'--dtype={_DTYPE.value}', f'--steps={num_steps}',
          f'--repeats={_REPEATS.value}', f'--keep_freed_memory={_KEEP_MEMORY.value}',
+         f'--devices={_DEVICES.value}',
          '--matmul_size=64', f'--json_out={out}'], capture_output=True, text=True)
     if child.returncode or not os.path.exists(out):
       print(f'timm: skipped ({(child.stdout + child.stderr).strip().splitlines()[-1:]})')
@@ -212,13 +213,12 @@ def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int
   """One line per implementation for this mode and batch size."""
   run_steps, step_bytes = {}, {}
   model = None
+  timm_here = _IMPL.value == ['timm']  # the child process of timm_seconds_in_subprocess
   for impl in _IMPL.value:
-    if impl == 'timm' and _IMPL.value == ['timm']:
-      run_step = timm_step(mode, batch_size)
-      if run_step:
-        run_steps[impl] = run_step
-    elif impl != 'timm':
+    if impl != 'timm':
       run_steps[impl], model, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
+    elif timm_here and (run_step := timm_step(mode, batch_size)):
+      run_steps[impl] = run_step
   if model is None:  # only timm: count FLOPs on our model of the same shape
     model = models.create_model(_VARIANT.value, num_classes=1000)
   per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
@@ -227,14 +227,14 @@ def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int
   # step dispatched early allocates its buffers while the previous one still holds its own.
   sync = jax.default_backend() == 'cpu'
   seconds = time_rounds(run_steps, num_steps, _REPEATS.value, sync)
-  if 'timm' in _IMPL.value and _IMPL.value != ['timm']:
+  if 'timm' in _IMPL.value and not timm_here:
     timm_seconds = timm_seconds_in_subprocess(mode, batch_size, num_steps)
     if timm_seconds:
       seconds['timm'] = timm_seconds
-  n = 1 if _IMPL.value == ['timm'] else mesh.size
+  peak = peak_bytes(mesh.devices.flat)
   results = []
   for impl, s in seconds.items():
-    devices = 1 if impl == 'timm' else n
+    devices = 1 if impl == 'timm' else mesh.size
     images_per_sec = devices * batch_size / s
     results.append({
         'impl': impl, 'variant': _VARIANT.value, 'resolution': _RESOLUTION.value, 'mode': mode,
@@ -247,8 +247,7 @@ def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int
         'matmul_tflops_per_sec_per_device': matmul_rate / 1e12,
         'mfu': images_per_sec * per_image / (matmul_rate * devices),
         'step_memory_gb': step_bytes[impl] / 1e9 if step_bytes.get(impl) else None,
-        'peak_memory_gb': None if impl == 'timm' or peak_bytes(mesh.devices.flat) is None
-                          else peak_bytes(mesh.devices.flat) / 1e9,
+        'peak_memory_gb': None if impl == 'timm' or peak is None else peak / 1e9,
         'jax_version': jax.__version__, 'date': time.strftime('%Y-%m-%d %H:%M'),
     })
   return results

@@ -51,12 +51,13 @@ class MlpBlock(nn.Module):
     # As one 2-D matmul per Dense: XLA's CPU backward of a 3-D Dense is about 1.5x slower.
     # A global array sharded over its batch axis (explicit sharding, outside shard_map) stays
     # 3-D: no sharding can describe the batch axis merged into another.
-    y = x if any(jax.typeof(x).sharding.spec) else (
-        x.reshape(x.shape[0], -1) if self.over_first_axis else x.reshape(-1, x.shape[-1]))
+    n = x.shape[0] if self.over_first_axis else x.shape[-1]
+    y = x
+    if not any(jax.typeof(x).sharding.spec):
+      y = x.reshape(n, -1) if self.over_first_axis else x.reshape(-1, n)
     dense = functools.partial(TokenDense if self.over_first_axis else nn.Dense, dtype=self.dtype)
     y = dense(self.mlp_dim, name='Dense_0')(y)
     y = nn.gelu(y, approximate=self.approximate_gelu)
-    n = x.shape[0] if self.over_first_axis else x.shape[-1]
     return dense(n, name='Dense_1')(y).reshape(x.shape)
 
 
