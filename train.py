@@ -31,6 +31,14 @@ def _config_path(argv) -> str:
   return _DEFAULT_CONFIG
 
 
+def _load_config(argv):
+  """The config the --config file (or the default) builds, without any overrides."""
+  path, _, arg = _config_path(argv).partition(':')
+  module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
+  module.__loader__.exec_module(module)
+  return module.get_config(*([arg] if arg else []))
+
+
 def _field_names(config, prefix=''):
   for key, value in config.items():
     yield from (_field_names(value, f'{prefix}{key}.') if hasattr(value, 'items')
@@ -48,10 +56,18 @@ def _has_field(config, dotted: str) -> bool:
 def _exit_on_unknown_fields(argv, config, error):
   """Names every --config.<field> that the config file lacks, with the fields it has."""
   path = _config_path(argv)
-  unknown = [arg.split('=')[0] for arg in argv[1:] if arg.startswith('--config.')
-             and not _has_field(config, arg.split('=')[0][len('--config.'):])]
+  overrides = [arg.split('=')[0] for arg in argv[1:] if arg.startswith('--config.')]
+  if overrides and config is None:  # parsing stopped before the flag held its config
+    try:
+      config = _load_config(argv)
+    except Exception:  # the file itself fails: its own error is the one to report
+      overrides = []
+  unknown = [o for o in overrides if not _has_field(config, o[len('--config.'):])]
   if not unknown:
-    sys.exit(f'error: {error}\nPass --helpfull to see the flags.')
+    message = str(error)
+    if 'Traceback' in message:  # raised by the config file's get_config: its message suffices
+      message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
+    sys.exit(f'error: {message}\nPass --helpfull to see the flags.')
   sys.exit(f'error: {", ".join(unknown)}: no such field in {path}. Its fields are: '
            f'{", ".join(sorted(_field_names(config)))}.')
 
@@ -60,10 +76,7 @@ try:  # config_flags applies --config.<field> overrides already here, at definit
   config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (configs/*.py).',
                                   lock_config=True)
 except (AttributeError, KeyError) as e:
-  path, _, arg = _config_path(sys.argv).partition(':')
-  module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
-  module.__loader__.exec_module(module)
-  _exit_on_unknown_fields(sys.argv, module.get_config(*([arg] if arg else [])), e)
+  _exit_on_unknown_fields(sys.argv, None, e)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, metrics and results go here (default: runs/<config name>).')
 _COORDINATOR = flags.DEFINE_string(

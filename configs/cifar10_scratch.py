@@ -20,6 +20,9 @@ TRAIN_EXAMPLES = 49_000  # train[:98%]
 
 def get_config(arg: str = '4') -> ml_collections.ConfigDict:
   patch, *options = arg.split(',')
+  if patch not in ('1', '2', '4', '8', '16', '32'):
+    raise ValueError(f'The argument of cifar10_scratch.py is a patch size that divides 32 '
+                     f'(4 or 2, e.g. configs/cifar10_scratch.py:4), not {patch!r}.')
   patch = int(patch)
   config = ml_collections.ConfigDict()
   config.seed = 0

@@ -28,7 +28,11 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
   config.data_dir = ''  # the folder holding train/ and test/
   config.verify_images = False  # list training files only; bad ones are skipped as read
   config.eval_split = 'test'
-  config.randaug_magnitude, config.mixup = TABLE_4[variant.removeprefix('Mixer-')[0]]
+  size = variant.removeprefix('Mixer-')[0]
+  if size not in TABLE_4:
+    raise ValueError(f'Unknown Mixer variant {variant!r}: use S/32, S/16, B/32, B/16, L/32, '
+                     'L/16 or H/14, e.g. configs/pretrain_imagenet21k.py:B/16.')
+  config.randaug_magnitude, config.mixup = TABLE_4[size]
   config.total_steps = 300 * TRAIN_EXAMPLES // config.batch_size
   config.eval_every = 20_000
   return smoke.shrink(config) if 'smoke' in options else config

@@ -158,6 +158,12 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
 @pytest.mark.parametrize('flags, message', [
     (['--config.foo=1'], r'--config.foo: no such field in .*digits.py. Its fields are: .*batch_size'),
     (['--config.model.widht=3'], r'--config.model.widht: no such field'),
+    (['--config', 'configs/finetune.py:B/16,cifar10', '--config.lr=1'],
+     r'--config.lr: no such field in configs/finetune.py:B/16,cifar10. Its fields are: .*'
+     r'learning_rate'),
+    (['--config=configs/cifar10_scratch.py:x'], r'cifar10_scratch.py:x: Error whilst parsing '
+                                                r'config file: ValueError: .*a patch size that '
+                                                r'divides 32'),
     (['--config.batch_size=abc'], r'--config.batch_size=abc: invalid literal'),
     (['--config.image_size=15'], r'Image size 15x15 is not a multiple of the patch size 4'),
     (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': use digits, folder"),
