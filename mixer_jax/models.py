@@ -6,11 +6,11 @@ Shapes use the paper's letters: B batch, S tokens (patches), C channels (hidden)
 import functools
 from typing import Any, Optional
 
-import einops
 import flax.linen as nn
 import jax
 from flax.linen.dtypes import promote_dtype
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixer_jax.errors import UserError
 
@@ -24,6 +24,47 @@ VARIANTS = {
     'L/16': dict(num_blocks=24, patch_size=16, hidden_dim=1024, tokens_mlp_dim=512, channels_mlp_dim=4096),
     'H/14': dict(num_blocks=32, patch_size=14, hidden_dim=1280, tokens_mlp_dim=640, channels_mlp_dim=5120),
 }
+
+
+def _patches_SBK(images_BHWC, p: int):
+  """Non-overlapping P x P patches, token-major, each flattened in the kernel's (p, q, c) order.
+
+  einops' 'b (h p) (w q) c -> (h w) b (p q c)', except that a global array sharded over its
+  batch axis (explicit sharding) keeps that sharding, which a reshape must be told.
+  """
+  b, h, w, c = images_BHWC.shape
+  sharding = jax.typeof(images_BHWC).sharding
+  batch_axis = sharding.spec[0] if sharding.spec else None
+
+  def keep_batch_axis(*spec):
+    return NamedSharding(sharding.mesh, P(*spec)) if batch_axis else None
+
+  x = jnp.reshape(images_BHWC, (b, h // p, p, w // p, p, c),
+                  out_sharding=keep_batch_axis(batch_axis))
+  x = jnp.transpose(x, (1, 3, 0, 2, 4, 5))
+  return jnp.reshape(x, (-1, b, p * p * c), out_sharding=keep_batch_axis(None, batch_axis))
+
+
+class Stem(nn.Module):
+  """The per-patch linear embedding, as nn.Conv with stride = kernel = P, but one matmul.
+
+  The official code's nn.Conv parameters (kernel P x P x 3 x C, bias C) and function. XLA's CPU
+  convolution ran this at 2/3 the speed of the matmul over flattened patches (S/32 training:
+  90 ms a step against 59). Returns token-major embeddings x_SBC.
+  """
+  patch_size: int
+  hidden_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_BHWC):
+    p = self.patch_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (p, p, images_BHWC.shape[-1], self.hidden_dim))
+    bias = self.param('bias', nn.initializers.zeros, (self.hidden_dim,))
+    patches_SBK, kernel, bias = promote_dtype(_patches_SBK(images_BHWC, p), kernel, bias,
+                                              dtype=self.dtype)
+    return jnp.einsum('sbk,kc->sbc', patches_SBK, kernel.reshape(-1, self.hidden_dim)) + bias
 
 
 class TokenDense(nn.Module):
@@ -108,8 +149,7 @@ class MlpMixer(nn.Module):
       raise UserError(
           f'Image size {height}x{width} is not a multiple of the patch size {p}: '
           f'use a resolution divisible by {p} (e.g. {max(height // p, 1) * p}).')
-    x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), dtype=self.dtype, name='stem')(images_BHWC)
-    x_SBC = einops.rearrange(x, 'b h w c -> (h w) b c')
+    x_SBC = Stem(p, self.hidden_dim, self.dtype, name='stem')(images_BHWC)
     block = nn.remat(MixerBlock, static_argnums=(2,)) if self.remat else MixerBlock
     for i in range(self.num_blocks):
       rate = self.stoch_depth * i / max(self.num_blocks - 1, 1)
