@@ -4,10 +4,15 @@
   python benchmarks/throughput.py --variant=B/16 --batch_size=8,16,32 --mode=train
   python benchmarks/throughput.py --variant=B/16 --dtype=bfloat16 --batch_size=64,256 --impl=ours
 
-Implementations, timed side by side in the same process:
-  ours       mixer_jax.models.MlpMixer (token-major, transpose-free token mixing);
-  reference  the official code's formulation (benchmarks/reference_mixer.py): same parameters;
-  timm       timm's MlpMixer in PyTorch (AdamW, clipping), where torch and timm are installed.
+Implementations, all timed in one run:
+  ours       mixer_jax.models.MlpMixer (token-major, transpose-free token mixing, matmul stem);
+  reference  the official code's formulation (benchmarks/reference_mixer.py): same parameters,
+             same process and host settings as ours;
+  reference_default_host
+             the same, as the official code runs it on a CPU: in a child process with glibc's
+             default memory settings (ours keeps freed host memory, see mixer_jax.host);
+  timm       timm's MlpMixer in PyTorch (AdamW, clipping), where torch and timm are installed,
+             in a child process (with the host setting of ours).
 The training step is the trainer's own (forward, backward, gradient all-reduce, Adam with weight
 decay and clipping) on random data already on the devices: it measures the accelerator, not the
 input pipeline. --batch_size is per device; with several sizes each is measured and the best is
@@ -16,8 +21,9 @@ steps and each keeps its fastest round, so slow drift on a shared machine hits a
 
 FLOPs are analytic (mixer_jax.flops: matmuls, training = 3x forward). MFU divides the achieved
 FLOP/s by the matmul rate this run measures on one device (a square jnp.dot in the compute
-dtype) times the number of devices. Memory: XLA's compiled size of the step (arguments, outputs
-and temporaries) and, where the backend reports it, the device's peak bytes in use.
+dtype, timed in the same rounds as the models) times the number of devices. Memory: XLA's
+compiled size of the step (arguments, outputs and temporaries) and, where the backend reports
+it, the device's peak bytes in use.
 """
 import json
 import os
@@ -43,7 +49,8 @@ _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Image height and width.')
 _BATCH = flags.DEFINE_list('batch_size', ['32'], 'Images per device; several: a sweep.')
 _MODE = flags.DEFINE_enum('mode', 'both', ['inference', 'train', 'both'], 'What to time.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-_IMPL = flags.DEFINE_list('impl', ['ours', 'reference', 'timm'], 'Implementations to time.')
+_IMPL = flags.DEFINE_list('impl', ['ours', 'reference', 'reference_default_host', 'timm'],
+                          'Implementations to time.')
 _DEVICES = flags.DEFINE_integer('devices', 0, 'Use the first N devices (0: all).')
 _REMAT = flags.DEFINE_bool('remat', False, 'Rematerialise block activations (ours only).')
 _STEPS = flags.DEFINE_integer('steps', 0, 'Timed steps per round (0: 3 on CPU, 30 otherwise).')
@@ -63,15 +70,19 @@ _TIMM_NAMES = {'S/32': 'mixer_s32_224', 'S/16': 'mixer_s16_224', 'B/32': 'mixer_
                'B/16': 'mixer_b16_224', 'L/32': 'mixer_l32_224', 'L/16': 'mixer_l16_224'}
 
 
-def matmul_flops_per_sec(dtype, n: int, device) -> float:
-  """The device's rate on an n x n x n matmul, best of 5 rounds."""
+def matmul_step(dtype, n: int, device) -> tuple[Callable, float]:
+  """A step of about 0.3 s of n x n x n matmuls on one device (in flight together), its FLOPs."""
   a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), dtype), device)
           for i in (0, 1))
   dot = jax.jit(jnp.dot)
   once = time_rounds({'dot': lambda: dot(a, b)}, 1, 1, sync_every_step=False)['dot']
-  calls = int(min(max(0.3 / once, 3), 1000))  # about 0.3 s a round
-  seconds = time_rounds({'dot': lambda: dot(a, b)}, calls, 5, sync_every_step=False)['dot']
-  return 2 * n ** 3 / seconds
+  calls = int(min(max(0.3 / once, 3), 1000))
+
+  def run_step():
+    for _ in range(calls):
+      out = dot(a, b)
+    return out
+  return run_step, calls * 2 * n ** 3
 
 
 def time_rounds(run_steps: dict[str, Callable], num_steps: int, repeats: int,
@@ -187,35 +198,47 @@ def peak_bytes(devices) -> int | None:
   return None if None in stats else max(s.get('peak_bytes_in_use', 0) for s in stats)
 
 
-def timm_seconds_in_subprocess(mode: str, batch_size: int, num_steps: int) -> float | None:
-  """timm's seconds per step, from this tool run on timm alone in a child process.
+# Implementations timed in a child process of this run, and what the child times.
+_CHILDREN = {'timm': 'timm', 'reference_default_host': 'reference'}
 
-  PyTorch's and XLA's thread pools each claim every core; in one process, whichever runs second
-  finds the other's threads still spinning.
+
+def seconds_in_subprocess(impl: str, mode: str, batch_size: int, num_steps: int) -> float | None:
+  """Seconds per step of `impl`, from this tool run on it alone in a child process.
+
+  timm: PyTorch's and XLA's thread pools each claim every core; in one process, whichever runs
+  second finds the other's threads still spinning. reference_default_host: the reference
+  formulation as the official code runs, with glibc's default memory settings, which are
+  process-wide.
   """
+  keep = impl == 'timm' and _KEEP_MEMORY.value
   with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, 'timm.jsonl')
+    out = os.path.join(tmp, 'child.jsonl')
     child = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), '--impl=timm', f'--mode={mode}',
+        [sys.executable, os.path.abspath(__file__), f'--impl={_CHILDREN[impl]}', f'--mode={mode}',
          f'--batch_size={batch_size}', f'--variant={_VARIANT.value}',
          f'--resolution={_RESOLUTION.value}', f'--dtype={_DTYPE.value}', f'--steps={num_steps}',
-         f'--repeats={_REPEATS.value}', f'--keep_freed_memory={_KEEP_MEMORY.value}',
+         f'--repeats={_REPEATS.value}', f'--keep_freed_memory={keep}',
          f'--devices={_DEVICES.value}',
          '--matmul_size=64', f'--json_out={out}'], capture_output=True, text=True)
     if child.returncode or not os.path.exists(out):
-      print(f'timm: skipped ({(child.stdout + child.stderr).strip().splitlines()[-1:]})')
+      print(f'{impl}: skipped ({(child.stdout + child.stderr).strip().splitlines()[-1:]})')
       return None
     with open(out) as f:
       return json.loads(f.readline())['step_ms'] / 1e3
 
 
-def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int) -> list[dict]:
-  """One line per implementation for this mode and batch size."""
-  run_steps, step_bytes = {}, {}
+def measure(mode: str, batch_size: int, mesh, matmul: tuple[Callable, float],
+            num_steps: int) -> list[dict]:
+  """One line per implementation for this mode and batch size.
+
+  The matmul that sets the rate for MFU takes its turn in the same rounds, so a slow spell of a
+  shared machine cannot favour either side of the ratio.
+  """
+  run_steps, step_bytes = {'matmul': matmul[0]}, {}
   model = None
-  timm_here = _IMPL.value == ['timm']  # the child process of timm_seconds_in_subprocess
+  timm_here = _IMPL.value == ['timm']  # the child process of seconds_in_subprocess
   for impl in _IMPL.value:
-    if impl != 'timm':
+    if impl not in _CHILDREN:
       run_steps[impl], model, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
     elif timm_here and (run_step := timm_step(mode, batch_size)):
       run_steps[impl] = run_step
@@ -227,10 +250,14 @@ def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int
   # step dispatched early allocates its buffers while the previous one still holds its own.
   sync = jax.default_backend() == 'cpu'
   seconds = time_rounds(run_steps, num_steps, _REPEATS.value, sync)
-  if 'timm' in _IMPL.value and not timm_here:
-    timm_seconds = timm_seconds_in_subprocess(mode, batch_size, num_steps)
-    if timm_seconds:
-      seconds['timm'] = timm_seconds
+  matmul_rate = matmul[1] / seconds.pop('matmul')
+  for impl in _IMPL.value:
+    if impl not in _CHILDREN or timm_here:
+      continue
+    if impl == 'reference_default_host' and jax.default_backend() != 'cpu':
+      print(f'{impl}: the same as reference off the CPU, skipped')
+    elif child_seconds := seconds_in_subprocess(impl, mode, batch_size, num_steps):
+      seconds[impl] = child_seconds
   peak = peak_bytes(mesh.devices.flat)
   results = []
   for impl, s in seconds.items():
@@ -247,7 +274,7 @@ def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int
         'matmul_tflops_per_sec_per_device': matmul_rate / 1e12,
         'mfu': images_per_sec * per_image / (matmul_rate * devices),
         'step_memory_gb': step_bytes[impl] / 1e9 if step_bytes.get(impl) else None,
-        'peak_memory_gb': None if impl == 'timm' or peak is None else peak / 1e9,
+        'peak_memory_gb': None if impl in _CHILDREN or peak is None else peak / 1e9,
         'jax_version': jax.__version__, 'date': time.strftime('%Y-%m-%d %H:%M'),
     })
   return results
@@ -256,11 +283,12 @@ def measure(mode: str, batch_size: int, mesh, matmul_rate: float, num_steps: int
 def report(r: dict) -> None:
   memory = ''.join(f", {label} {r[key]:.2f} GB" for key, label in
                    (('step_memory_gb', 'step'), ('peak_memory_gb', 'peak')) if r[key])
-  print(f"{r['impl']:9s} {r['variant']} {r['resolution']}px {r['mode']:9s} {r['dtype']} "
+  print(f"{r['impl']:{max(map(len, _IMPL.value))}s} {r['variant']} {r['resolution']}px {r['mode']:9s} {r['dtype']} "
         f"{r['devices']}x {r['device_kind']} batch/device {r['batch_per_device']}: "
         f"{r['images_per_sec']:.1f} img/s ({r['images_per_sec_per_device']:.1f}/device), "
         f"{r['step_ms']:.1f} ms/step, {r['tflops_per_sec'] * 1e3:.1f} GFLOP/s, "
-        f"MFU {r['mfu']:.3f}{memory}", flush=True)
+        f"MFU {r['mfu']:.3f} (matmul {r['matmul_tflops_per_sec_per_device'] * 1e3:.0f} GFLOP/s)"
+        f"{memory}", flush=True)
 
 
 def main(argv):
@@ -271,17 +299,16 @@ def main(argv):
                        axis_types=(jax.sharding.AxisType.Explicit,))
   on_cpu = jax.default_backend() == 'cpu'
   num_steps = _STEPS.value or (3 if on_cpu else 30)
-  dtype = jnp.dtype(_DTYPE.value)
   n = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
-  matmul_rate = matmul_flops_per_sec(dtype, n, devices[0])
-  print(f'Matmul rate, {n}x{n} {dtype.name} on {devices[0].device_kind}: '
-        f'{matmul_rate / 1e12:.3f} TFLOP/s per device; freed host memory kept: {kept}', flush=True)
+  matmul = matmul_step(jnp.dtype(_DTYPE.value), n, devices[0])
+  print(f'MFU against the rate of a {n}x{n} {_DTYPE.value} matmul on one {devices[0].device_kind} '
+        f'device, timed in the same rounds; freed host memory kept: {kept}', flush=True)
   modes = ['inference', 'train'] if _MODE.value == 'both' else [_MODE.value]
   for mode in modes:
     best = {}
     for batch_size in map(int, _BATCH.value):
-      for r in measure(mode, batch_size, mesh, matmul_rate, num_steps):
-        r['keep_freed_memory'] = kept
+      for r in measure(mode, batch_size, mesh, matmul, num_steps):
+        r['keep_freed_memory'] = kept and r['impl'] != 'reference_default_host'
         report(r)
         if _JSON_OUT.value:
           with open(_JSON_OUT.value, 'a') as f:
