@@ -37,7 +37,6 @@ from typing import Callable
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,6 +57,9 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds; each implementation keeps
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0,
                                     'N of the NxN matmul (0: 2048 on CPU, 8192 otherwise).')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement here.')
+_SERVE_ROUNDS = flags.DEFINE_bool(
+    'serve_rounds', False, 'Internal: time one implementation in rounds asked for on stdin (the '
+    'child process of a run that times timm or reference_default_host).')
 _KEEP_MEMORY = flags.DEFINE_bool(
     'keep_freed_memory', True, 'On CPU, keep freed host memory for reuse, as train.py does '
     '(mixer_jax.host); applies to every implementation in the run.')
@@ -75,8 +77,7 @@ def matmul_step(dtype, n: int, device) -> tuple[Callable, float]:
   a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), dtype), device)
           for i in (0, 1))
   dot = jax.jit(jnp.dot)
-  once = time_rounds({'dot': lambda: dot(a, b)}, 1, 1, sync_every_step=False)['dot']
-  calls = int(min(max(0.3 / once, 3), 1000))
+  calls = int(min(max(0.3 / local_rounds(lambda: dot(a, b), False)(1), 3), 1000))
 
   def run_step():
     for _ in range(calls):
@@ -85,22 +86,29 @@ def matmul_step(dtype, n: int, device) -> tuple[Callable, float]:
   return run_step, calls * 2 * n ** 3
 
 
-def time_rounds(run_steps: dict[str, Callable], num_steps: int, repeats: int,
-                sync_every_step: bool) -> dict[str, float]:
-  """Seconds per step of each function: fastest of `repeats` rounds, taking turns."""
-  for run_step in run_steps.values():  # compile and warm up
-    for _ in range(2):
-      jax.block_until_ready(run_step())
-  best = {name: float('inf') for name in run_steps}
+def local_rounds(run_step: Callable, sync_every_step: bool) -> Callable[[int], float]:
+  """Compiles and warms up a step of this process; returns a function timing n steps."""
+  for _ in range(2):
+    jax.block_until_ready(run_step())
+
+  def run_round(num_steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      out = run_step()
+      if sync_every_step:
+        jax.block_until_ready(out)
+    jax.block_until_ready(out)
+    return time.perf_counter() - start
+  return run_round
+
+
+def time_rounds(run_rounds: dict[str, Callable[[int], float]], num_steps: int,
+                repeats: int) -> dict[str, float]:
+  """Seconds per step of each implementation: fastest of `repeats` rounds, taking turns."""
+  best = {name: float('inf') for name in run_rounds}
   for _ in range(repeats):
-    for name, run_step in run_steps.items():
-      start = time.perf_counter()
-      for _ in range(num_steps):
-        out = run_step()
-        if sync_every_step:
-          jax.block_until_ready(out)
-      jax.block_until_ready(out)
-      best[name] = min(best[name], (time.perf_counter() - start) / num_steps)
+    for name, run_round in run_rounds.items():
+      best[name] = min(best[name], run_round(num_steps) / num_steps)
   return best
 
 
@@ -138,7 +146,7 @@ def jax_step(impl: str, mode: str, batch_size: int, mesh):
   if memory is not None:
     step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                   + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return run_step, model, step_bytes
+  return run_step, step_bytes
 
 
 def timm_step(mode: str, batch_size: int):
@@ -202,65 +210,98 @@ def peak_bytes(devices) -> int | None:
 _CHILDREN = {'timm': 'timm', 'reference_default_host': 'reference'}
 
 
-def seconds_in_subprocess(impl: str, mode: str, batch_size: int, num_steps: int) -> float | None:
-  """Seconds per step of `impl`, from this tool run on it alone in a child process.
+class ChildRounds:
+  """`impl` timed by this tool in a child process, one round whenever called.
 
   timm: PyTorch's and XLA's thread pools each claim every core; in one process, whichever runs
   second finds the other's threads still spinning. reference_default_host: the reference
-  formulation as the official code runs, with glibc's default memory settings, which are
-  process-wide.
+  formulation as the official code runs it, with glibc's default memory settings, which are
+  process-wide. The child compiles and warms up, then waits on stdin, so its rounds take turns
+  with this process's and a slow spell of a shared machine hits all alike.
   """
-  keep = impl == 'timm' and _KEEP_MEMORY.value
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, 'child.jsonl')
-    child = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), f'--impl={_CHILDREN[impl]}', f'--mode={mode}',
-         f'--batch_size={batch_size}', f'--variant={_VARIANT.value}',
-         f'--resolution={_RESOLUTION.value}', f'--dtype={_DTYPE.value}', f'--steps={num_steps}',
-         f'--repeats={_REPEATS.value}', f'--keep_freed_memory={keep}',
-         f'--devices={_DEVICES.value}',
-         '--matmul_size=64', f'--json_out={out}'], capture_output=True, text=True)
-    if child.returncode or not os.path.exists(out):
-      print(f'{impl}: skipped ({(child.stdout + child.stderr).strip().splitlines()[-1:]})')
-      return None
-    with open(out) as f:
-      return json.loads(f.readline())['step_ms'] / 1e3
+
+  def __init__(self, impl: str, mode: str, batch_size: int):
+    self.impl, self._log = impl, tempfile.TemporaryFile('w+')
+    keep = impl == 'timm' and _KEEP_MEMORY.value
+    self._child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--serve_rounds', f'--impl={_CHILDREN[impl]}',
+         f'--mode={mode}', f'--batch_size={batch_size}', f'--variant={_VARIANT.value}',
+         f'--resolution={_RESOLUTION.value}', f'--dtype={_DTYPE.value}',
+         f'--keep_freed_memory={keep}', f'--devices={_DEVICES.value}'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
+
+  def ready(self) -> bool:
+    """Waits for the child's warm-up; False (and why, printed) if it cannot time `impl`."""
+    output = []
+    while (line := self._child.stdout.readline()) not in ('ready\n', ''):
+      output.append(line)
+    if line:
+      return True
+    print(f'{self.impl}: skipped ({self._last_words("".join(output))})', flush=True)
+    self.close()
+    return False
+
+  def __call__(self, num_steps: int) -> float:
+    self._child.stdin.write(f'{num_steps}\n')
+    self._child.stdin.flush()
+    if not (line := self._child.stdout.readline()):
+      raise RuntimeError(f'{self.impl}: the child process ended ({self._last_words()})')
+    return float(line)
+
+  def _last_words(self, output: str = '') -> str:
+    """The child's last line on stdout (where it says why it skips), else on stderr."""
+    self._log.seek(0)
+    return ' '.join((output.strip() or self._log.read().strip()).splitlines()[-1:])
+
+  def close(self):
+    self._child.stdin.close()
+    self._child.wait()
+    self._log.close()
+
+
+def serve_rounds(mode: str, batch_size: int, mesh) -> None:
+  """The child of ChildRounds: times its one implementation for each round asked on stdin."""
+  [impl] = _IMPL.value
+  run_step = (timm_step(mode, batch_size) if impl == 'timm'
+              else jax_step(impl, mode, batch_size, mesh)[0])
+  if run_step is None:
+    return
+  run_round = local_rounds(run_step, jax.default_backend() == 'cpu')
+  print('ready', flush=True)
+  for line in sys.stdin:
+    print(run_round(int(line)), flush=True)
 
 
 def measure(mode: str, batch_size: int, mesh, matmul: tuple[Callable, float],
             num_steps: int) -> list[dict]:
   """One line per implementation for this mode and batch size.
 
-  The matmul that sets the rate for MFU takes its turn in the same rounds, so a slow spell of a
-  shared machine cannot favour either side of the ratio.
+  Every implementation, those in child processes included, and the matmul that sets the rate
+  for MFU take turns in the same rounds: a slow spell of a shared machine cannot favour any side
+  of a ratio.
   """
-  run_steps, step_bytes = {'matmul': matmul[0]}, {}
-  model = None
-  timm_here = _IMPL.value == ['timm']  # the child process of seconds_in_subprocess
-  for impl in _IMPL.value:
-    if impl not in _CHILDREN:
-      run_steps[impl], model, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
-    elif timm_here and (run_step := timm_step(mode, batch_size)):
-      run_steps[impl] = run_step
-  if model is None:  # only timm: count FLOPs on our model of the same shape
-    model = models.create_model(_VARIANT.value, num_classes=1000)
-  per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
-      model, _RESOLUTION.value)
+  on_cpu = jax.default_backend() == 'cpu'
+  children = [ChildRounds(impl, mode, batch_size) for impl in _IMPL.value
+              if impl in _CHILDREN and (on_cpu or impl != 'reference_default_host')]
   # One step in flight on CPU, as the trainer does: collectives can deadlock otherwise, and a
   # step dispatched early allocates its buffers while the previous one still holds its own.
-  sync = jax.default_backend() == 'cpu'
-  seconds = time_rounds(run_steps, num_steps, _REPEATS.value, sync)
-  matmul_rate = matmul[1] / seconds.pop('matmul')
+  run_rounds, step_bytes = {'matmul': local_rounds(matmul[0], False)}, {}
   for impl in _IMPL.value:
-    if impl not in _CHILDREN or timm_here:
-      continue
-    if impl == 'reference_default_host' and jax.default_backend() != 'cpu':
-      print(f'{impl}: the same as reference off the CPU, skipped')
-    elif child_seconds := seconds_in_subprocess(impl, mode, batch_size, num_steps):
-      seconds[impl] = child_seconds
+    if impl not in _CHILDREN:
+      run_step, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
+      run_rounds[impl] = local_rounds(run_step, sync_every_step=on_cpu)
+  run_rounds.update({child.impl: child for child in children if child.ready()})
+  model = models.create_model(_VARIANT.value, num_classes=1000)  # the FLOPs of every impl
+  per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
+      model, _RESOLUTION.value)
+  seconds = time_rounds(run_rounds, num_steps, _REPEATS.value)
+  matmul_rate = matmul[1] / seconds.pop('matmul')
+  for child in run_rounds.values():
+    if isinstance(child, ChildRounds):
+      child.close()
   peak = peak_bytes(mesh.devices.flat)
   results = []
-  for impl, s in seconds.items():
+  for impl, s in sorted(seconds.items(), key=lambda item: _IMPL.value.index(item[0])):
     devices = 1 if impl == 'timm' else mesh.size
     images_per_sec = devices * batch_size / s
     results.append({
@@ -298,12 +339,14 @@ def main(argv):
   mesh = jax.make_mesh((len(devices),), (steps.AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Explicit,))
   on_cpu = jax.default_backend() == 'cpu'
+  modes = ['inference', 'train'] if _MODE.value == 'both' else [_MODE.value]
+  if _SERVE_ROUNDS.value:
+    return serve_rounds(modes[0], int(_BATCH.value[0]), mesh)
   num_steps = _STEPS.value or (3 if on_cpu else 30)
   n = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
   matmul = matmul_step(jnp.dtype(_DTYPE.value), n, devices[0])
   print(f'MFU against the rate of a {n}x{n} {_DTYPE.value} matmul on one {devices[0].device_kind} '
         f'device, timed in the same rounds; freed host memory kept: {kept}', flush=True)
-  modes = ['inference', 'train'] if _MODE.value == 'both' else [_MODE.value]
   for mode in modes:
     best = {}
     for batch_size in map(int, _BATCH.value):

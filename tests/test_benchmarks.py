@@ -68,6 +68,20 @@ def test_throughput_arithmetic_is_consistent(throughput_lines):
   assert ratio == pytest.approx(speed['ours'] / speed['reference'], abs=0.006)
 
 
+def test_an_implementation_that_cannot_run_is_skipped_with_the_reason(tmp_path):
+  """timm has no H/14: its child process says so, and the others are still timed."""
+  out = tmp_path / 'results.jsonl'
+  run = subprocess.run(
+      [sys.executable, 'benchmarks/throughput.py', '--variant=H/14', '--resolution=28',
+       '--batch_size=1', '--mode=inference', '--impl=ours,timm', '--steps=1', '--repeats=1',
+       '--matmul_size=64', f'--json_out={out}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  reason = 'no H/14 model' if _has_timm() else 'not installed'
+  assert re.search(rf'timm: skipped \(.*{reason}', run.stdout), run.stdout
+  assert [json.loads(line)['impl'] for line in out.read_text().splitlines()] == ['ours']
+
+
 def test_core_days_of_a_recipe_at_a_given_throughput():
   run = subprocess.run(
       [sys.executable, 'benchmarks/core_days.py', '--config=configs/pretrain_imagenet.py:L/16',
