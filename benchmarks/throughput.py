@@ -72,8 +72,9 @@ _TIMM_NAMES = {'S/32': 'mixer_s32_224', 'S/16': 'mixer_s16_224', 'B/32': 'mixer_
                'B/16': 'mixer_b16_224', 'L/32': 'mixer_l32_224', 'L/16': 'mixer_l16_224'}
 
 
-def matmul_step(dtype, n: int, device) -> tuple[Callable, float]:
-  """A step of about 0.3 s of n x n x n matmuls on one device (in flight together), its FLOPs."""
+def matmul_rounds(dtype, n: int, device) -> tuple[Callable[[int], float], float]:
+  """Rounds of steps of about 0.3 s of n x n x n matmuls on one device (in flight together), as
+  local_rounds times them, and the FLOPs of a step."""
   a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), dtype), device)
           for i in (0, 1))
   dot = jax.jit(jnp.dot)
@@ -83,7 +84,7 @@ def matmul_step(dtype, n: int, device) -> tuple[Callable, float]:
     for _ in range(calls):
       out = dot(a, b)
     return out
-  return run_step, calls * 2 * n ** 3
+  return local_rounds(run_step, False), calls * 2 * n ** 3
 
 
 def local_rounds(run_step: Callable, sync_every_step: bool) -> Callable[[int], float]:
@@ -210,6 +211,11 @@ def peak_bytes(devices) -> int | None:
 _CHILDREN = {'timm': 'timm', 'reference_default_host': 'reference'}
 
 
+def keeps_freed_memory(impl: str, kept: bool) -> bool:
+  """Whether `impl` runs with the host setting that this run has (`kept`) on."""
+  return kept and impl != 'reference_default_host'
+
+
 class ChildRounds:
   """`impl` timed by this tool in a child process, one round whenever called.
 
@@ -222,7 +228,7 @@ class ChildRounds:
 
   def __init__(self, impl: str, mode: str, batch_size: int):
     self.impl, self._log = impl, tempfile.TemporaryFile('w+')
-    keep = impl == 'timm' and _KEEP_MEMORY.value
+    keep = keeps_freed_memory(impl, _KEEP_MEMORY.value)
     self._child = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), '--serve_rounds', f'--impl={_CHILDREN[impl]}',
          f'--mode={mode}', f'--batch_size={batch_size}', f'--variant={_VARIANT.value}',
@@ -281,11 +287,13 @@ def measure(mode: str, batch_size: int, mesh, matmul: tuple[Callable, float],
   of a ratio.
   """
   on_cpu = jax.default_backend() == 'cpu'
+  if not on_cpu and 'reference_default_host' in _IMPL.value:
+    print('reference_default_host: the same as reference off the CPU, skipped', flush=True)
   children = [ChildRounds(impl, mode, batch_size) for impl in _IMPL.value
               if impl in _CHILDREN and (on_cpu or impl != 'reference_default_host')]
   # One step in flight on CPU, as the trainer does: collectives can deadlock otherwise, and a
   # step dispatched early allocates its buffers while the previous one still holds its own.
-  run_rounds, step_bytes = {'matmul': local_rounds(matmul[0], False)}, {}
+  run_rounds, step_bytes = {'matmul': matmul[0]}, {}
   for impl in _IMPL.value:
     if impl not in _CHILDREN:
       run_step, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
@@ -344,14 +352,14 @@ def main(argv):
     return serve_rounds(modes[0], int(_BATCH.value[0]), mesh)
   num_steps = _STEPS.value or (3 if on_cpu else 30)
   n = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
-  matmul = matmul_step(jnp.dtype(_DTYPE.value), n, devices[0])
+  matmul = matmul_rounds(jnp.dtype(_DTYPE.value), n, devices[0])
   print(f'MFU against the rate of a {n}x{n} {_DTYPE.value} matmul on one {devices[0].device_kind} '
         f'device, timed in the same rounds; freed host memory kept: {kept}', flush=True)
   for mode in modes:
     best = {}
     for batch_size in map(int, _BATCH.value):
       for r in measure(mode, batch_size, mesh, matmul, num_steps):
-        r['keep_freed_memory'] = kept and r['impl'] != 'reference_default_host'
+        r['keep_freed_memory'] = keeps_freed_memory(r['impl'], kept)
         report(r)
         if _JSON_OUT.value:
           with open(_JSON_OUT.value, 'a') as f:
