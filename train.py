@@ -75,7 +75,7 @@ def _exit_on_unknown_fields(argv, config, error):
 try:  # config_flags applies --config.<field> overrides already here, at definition
   config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (configs/*.py).',
                                   lock_config=True)
-except (AttributeError, KeyError) as e:
+except (AttributeError, KeyError, TypeError) as e:  # TypeError: a path through a plain value
   _exit_on_unknown_fields(sys.argv, None, e)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, metrics and results go here (default: runs/<config name>).')
@@ -95,7 +95,7 @@ def parse_flags(argv):
   """absl flag parsing, with config-field mistakes reported without a traceback."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError) as e:
+  except (flags.Error, AttributeError, KeyError, TypeError) as e:
     _exit_on_unknown_fields(argv, flags.FLAGS['config'].value, e)
 
 
