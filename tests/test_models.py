@@ -220,3 +220,16 @@ def test_model_applies_to_a_batch_sharded_global_array():
   got = apply(sharded)
   assert jax.typeof(got).sharding.spec[0] == 'batch'
   np.testing.assert_allclose(got, apply(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('n, k, m', [(40, 6, 24), (40, 24, 6)])  # a narrower or wider than g
+def test_matmul_gradients_equal_float64_numpy(n, k, m):
+  """`matmul` transposes its operands itself on CPU for the gradient; the values are a @ b's."""
+  rng = np.random.default_rng(0)
+  a, b, w = rng.normal(size=(n, k)), rng.normal(size=(k, m)), rng.normal(size=(n, m))
+  loss = lambda a, b: jnp.sum(models.matmul(a, b) * w.astype(np.float32))
+  value = jax.jit(lambda a, b: models.matmul(a, b))(a.astype(np.float32), b.astype(np.float32))
+  da, db = jax.jit(jax.grad(loss, argnums=(0, 1)))(a.astype(np.float32), b.astype(np.float32))
+  np.testing.assert_allclose(value, a @ b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(da, w @ b.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(db, a.T @ w, rtol=1e-5, atol=1e-5)
