@@ -180,11 +180,13 @@ def test_bad_input_is_one_clear_message_without_traceback(tmp_path, flags, messa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('devices', [1, 8])
-def test_default_digits_run_reaches_95_percent(tmp_path, devices):
-  """The README's first command, as a user runs it: `python train.py` with no flags."""
+def test_default_digits_run_reaches_95_percent(tmp_path):
+  """The README's first command, as a user runs it: `python train.py` with no flags.
+
+  On one device; test_eight_devices_train_like_one shows that eight give the same parameters.
+  """
   start = time.time()
-  code, out = run_train_py(tmp_path, devices=devices)
+  code, out = run_train_py(tmp_path)
   assert code == 0, out
   accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
   assert accuracy >= 0.95
