@@ -29,8 +29,8 @@ VARIANTS = {
 
 # On CPU, XLA folds a transpose into the dot that reads it, and a dot contracting its left
 # operand's leading axis goes to Eigen at about 0.78 of the matmul rate instead of to YNNPACK
-# at about 1. An optimization barrier keeps the transpose a copy of its own (S/32 channel-mixing
-# weight gradient: 20 ms a step against 16, the copy included).
+# at about 1. An optimization barrier keeps the transpose a copy of its own (an S/32 channel-mixing
+# weight gradient: 20 ms against 16, the copy included).
 
 
 def _transposed(x):

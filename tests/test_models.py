@@ -228,7 +228,7 @@ def test_matmul_gradients_equal_float64_numpy(n, k, m):
   rng = np.random.default_rng(0)
   a, b, w = rng.normal(size=(n, k)), rng.normal(size=(k, m)), rng.normal(size=(n, m))
   loss = lambda a, b: jnp.sum(models.matmul(a, b) * w.astype(np.float32))
-  value = jax.jit(lambda a, b: models.matmul(a, b))(a.astype(np.float32), b.astype(np.float32))
+  value = jax.jit(models.matmul)(a.astype(np.float32), b.astype(np.float32))
   da, db = jax.jit(jax.grad(loss, argnums=(0, 1)))(a.astype(np.float32), b.astype(np.float32))
   np.testing.assert_allclose(value, a @ b, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(da, w @ b.T, rtol=1e-5, atol=1e-5)
