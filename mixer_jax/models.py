@@ -1,17 +1,15 @@
 """MLP-Mixer (Tolstikhin et al., 2021), as in the paper's Appendix E.
 
-Parameter names follow the official code so that its checkpoints load unchanged.
-Shapes use the paper's letters: B batch, S tokens (patches), C channels (hidden).
+Parameter names follow the official code so that its checkpoints load unchanged. Shapes use the
+paper's letters: B batch, S tokens (patches), C channels (hidden). This is the plain
+formulation; `mixer_jax.formulations` computes the same function with the same parameters in
+the ways measured to be faster on a given platform.
 """
-import functools
 from typing import Any, Optional
 
+import einops
 import flax.linen as nn
-import jax
-from flax.linen.dtypes import promote_dtype
-from jax import lax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixer_jax.errors import UserError
 
@@ -27,141 +25,21 @@ VARIANTS = {
 }
 
 
-# On CPU, XLA folds a transpose into the dot that reads it, and a dot contracting its left
-# operand's leading axis goes to Eigen at about 0.78 of the matmul rate instead of to YNNPACK
-# at about 1. An optimization barrier keeps the transpose a copy of its own (an S/32 channel-mixing
-# weight gradient: 20 ms against 16, the copy included).
-
-
-def _transposed(x):
-  """x.T, on CPU as an array of its own, for the left operand of a dot."""
-  return lax.platform_dependent(x, cpu=lambda x: lax.optimization_barrier(x.T),
-                                default=lambda x: x.T)
-
-
-def _left_transposed_matmul(a, g):
-  """a.T @ g, the gradient of a matmul's right operand; on CPU copying the smaller of a, g."""
-  def on_cpu(a, g):
-    if a.shape[1] <= g.shape[1]:
-      return lax.optimization_barrier(a.T) @ g
-    return lax.optimization_barrier(lax.optimization_barrier(g.T) @ a).T
-  return lax.platform_dependent(a, g, cpu=on_cpu, default=lambda a, g: a.T @ g)
-
-
-@jax.custom_vjp
-def matmul(a, b):
-  """a @ b of 2-D arrays, with the gradient of b in the form XLA's CPU runs fastest."""
-  return a @ b
-
-
-def _matmul_fwd(a, b):
-  return a @ b, (a, b)
-
-
-def _matmul_bwd(residuals, g):
-  a, b = residuals
-  return g @ b.T, _left_transposed_matmul(a, g)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def dot_general(lhs, rhs, dimension_numbers, precision=None):
-  """lax.dot_general as nn.Dense calls it, through `matmul` where lhs is not sharded."""
-  if (dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or precision is not None
-      or any(jax.typeof(lhs).sharding.spec)):
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision)
-  y = matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
-  return y.reshape(*lhs.shape[:-1], rhs.shape[-1])
-
-
-def _patches_SBK(images_BHWC, p: int):
-  """Non-overlapping P x P patches, token-major, each flattened in the kernel's (p, q, c) order.
-
-  einops' 'b (h p) (w q) c -> (h w) b (p q c)', except that a global array sharded over its
-  batch axis (explicit sharding) keeps that sharding, which a reshape must be told.
-  """
-  b, h, w, c = images_BHWC.shape
-  sharding = jax.typeof(images_BHWC).sharding
-  batch_axis = sharding.spec[0] if sharding.spec else None
-
-  def keep_batch_axis(*spec):
-    return NamedSharding(sharding.mesh, P(*spec)) if batch_axis else None
-
-  x = jnp.reshape(images_BHWC, (b, h // p, p, w // p, p, c),
-                  out_sharding=keep_batch_axis(batch_axis))
-  x = jnp.transpose(x, (1, 3, 0, 2, 4, 5))
-  return jnp.reshape(x, (-1, b, p * p * c), out_sharding=keep_batch_axis(None, batch_axis))
-
-
-class Stem(nn.Module):
-  """The per-patch linear embedding, as nn.Conv with stride = kernel = P, but one matmul.
-
-  The official code's nn.Conv parameters (kernel P x P x 3 x C, bias C) and function. XLA's CPU
-  convolution ran this at 2/3 the speed of the matmul over flattened patches (S/32 training:
-  90 ms a step against 59). Returns token-major embeddings x_SBC.
-  """
-  patch_size: int
-  hidden_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, images_BHWC):
-    p = self.patch_size
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (p, p, images_BHWC.shape[-1], self.hidden_dim))
-    bias = self.param('bias', nn.initializers.zeros, (self.hidden_dim,))
-    patches_SBK, kernel, bias = promote_dtype(_patches_SBK(images_BHWC, p), kernel, bias,
-                                              dtype=self.dtype)
-    kernel = kernel.reshape(-1, self.hidden_dim)
-    return dot_general(patches_SBK, kernel, (((2,), (0,)), ((), ()))) + bias
-
-
-class TokenDense(nn.Module):
-  """nn.Dense over the first axis: the same parameters, no transposes."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[0], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-    bias = bias.reshape(-1, *[1] * (x.ndim - 1))
-    if x.ndim == 2:
-      return matmul(_transposed(kernel), x) + bias
-    return jnp.tensordot(kernel.T, x, axes=1) + bias
-
-
 class MlpBlock(nn.Module):
-  """Dense -> GELU -> Dense over the last axis, or the first with `over_first_axis`."""
+  """Dense -> GELU -> Dense over the last axis."""
   mlp_dim: int
-  over_first_axis: bool = False
   approximate_gelu: bool = True  # tanh GELU, as the official code; False: exact, as PyTorch
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    # As one 2-D matmul per Dense: XLA's CPU backward of a 3-D Dense is about 1.5x slower.
-    # A global array sharded over its batch axis (explicit sharding, outside shard_map) stays
-    # 3-D: no sharding can describe the batch axis merged into another.
-    n = x.shape[0] if self.over_first_axis else x.shape[-1]
-    y = x
-    if not any(jax.typeof(x).sharding.spec):
-      y = x.reshape(n, -1) if self.over_first_axis else x.reshape(-1, n)
-    dense = functools.partial(TokenDense, dtype=self.dtype) if self.over_first_axis else \
-        functools.partial(nn.Dense, dtype=self.dtype, dot_general=dot_general)
-    y = dense(self.mlp_dim, name='Dense_0')(y)
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype)(x)
     y = nn.gelu(y, approximate=self.approximate_gelu)
-    return dense(n, name='Dense_1')(y).reshape(x.shape)
+    return nn.Dense(x.shape[-1], dtype=self.dtype)(y)
 
 
 class MixerBlock(nn.Module):
-  """Token mixing then channel mixing, each pre-norm with a residual.
-
-  Activations are token-major, x_SBC: token mixing is then a matmul over the leading axis, with
-  none of the two transposes per block of the (B, S, C) formulation.
-  """
+  """Token mixing then channel mixing, each pre-norm with a residual."""
   tokens_mlp_dim: int
   channels_mlp_dim: int
   drop_rate: float = 0.0  # stochastic depth: drop each residual branch per example
@@ -169,17 +47,17 @@ class MixerBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_SBC, train: bool = False):
+  def __call__(self, x_BSC, train: bool = False):
     # One mask per example, rescaled by 1/(1-rate): the whole branch is kept or dropped.
-    drop_path = nn.Dropout(self.drop_rate, broadcast_dims=(0, 2), deterministic=not train)
-    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x_SBC)
-    y = MlpBlock(self.tokens_mlp_dim, True, self.approximate_gelu, self.dtype,
-                 name='token_mixing')(y)
-    x_SBC = x_SBC + drop_path(y)
-    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_1')(x_SBC)
-    y = MlpBlock(self.channels_mlp_dim, False, self.approximate_gelu, self.dtype,
+    drop_path = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2), deterministic=not train)
+    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x_BSC)
+    y = jnp.swapaxes(y, 1, 2)
+    y = MlpBlock(self.tokens_mlp_dim, self.approximate_gelu, self.dtype, name='token_mixing')(y)
+    x_BSC = x_BSC + drop_path(jnp.swapaxes(y, 1, 2))
+    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_1')(x_BSC)
+    y = MlpBlock(self.channels_mlp_dim, self.approximate_gelu, self.dtype,
                  name='channel_mixing')(y)
-    return x_SBC + drop_path(y)
+    return x_BSC + drop_path(y)
 
 
 class MlpMixer(nn.Module):
@@ -195,6 +73,20 @@ class MlpMixer(nn.Module):
   dtype: Any = jnp.float32  # compute dtype; parameters stay float32
   remat: bool = False  # recompute each block's activations in the backward pass: less memory
 
+  # The activation layout: tokens on axis 1, x_BSC. A formulation may keep another layout by
+  # overriding `embed`, `block` and `token_axis` together.
+  token_axis = 1
+
+  def embed(self, images_BHWC):
+    """The per-patch linear embedding, a P x P convolution with stride P, as tokens x_BSC."""
+    p = self.patch_size
+    x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), dtype=self.dtype,
+                name='stem')(images_BHWC)
+    return einops.rearrange(x, 'b h w c -> b (h w) c')  # row-major over the patch grid
+
+  def block(self):
+    return MixerBlock
+
   @nn.compact
   def __call__(self, images_BHWC, *, train: bool = False):
     _, height, width, _ = images_BHWC.shape
@@ -203,15 +95,15 @@ class MlpMixer(nn.Module):
       raise UserError(
           f'Image size {height}x{width} is not a multiple of the patch size {p}: '
           f'use a resolution divisible by {p} (e.g. {max(height // p, 1) * p}).')
-    x_SBC = Stem(p, self.hidden_dim, self.dtype, name='stem')(images_BHWC)
-    block = nn.remat(MixerBlock, static_argnums=(2,)) if self.remat else MixerBlock
+    x = self.embed(images_BHWC)
+    block = nn.remat(self.block(), static_argnums=(2,)) if self.remat else self.block()
     for i in range(self.num_blocks):
       rate = self.stoch_depth * i / max(self.num_blocks - 1, 1)
-      x_SBC = block(self.tokens_mlp_dim, self.channels_mlp_dim, drop_rate=rate,
-                    approximate_gelu=self.approximate_gelu, dtype=self.dtype,
-                    name=f'MixerBlock_{i}')(x_SBC, train)
-    x_SBC = nn.LayerNorm(dtype=self.dtype, name='pre_head_layer_norm')(x_SBC)
-    x_BC = jnp.mean(x_SBC, axis=0)
+      x = block(self.tokens_mlp_dim, self.channels_mlp_dim, drop_rate=rate,
+                approximate_gelu=self.approximate_gelu, dtype=self.dtype,
+                name=f'MixerBlock_{i}')(x, train)
+    x = nn.LayerNorm(dtype=self.dtype, name='pre_head_layer_norm')(x)
+    x_BC = jnp.mean(x, axis=self.token_axis)
     if self.num_classes:
       x_BC = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                       name='head')(x_BC)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixer_jax import models
+from mixer_jax import formulations, models
 
 # Published counts with a 1000-class head at 224 (official code's tests) and Table 1 (millions,
 # without the head).
@@ -166,51 +166,65 @@ def test_bfloat16_compute_keeps_float32_parameters():
   np.testing.assert_allclose(out16, out32, rtol=0.1, atol=0.1 * float(jnp.abs(out32).max()))
 
 
-def _reference_and_ours(**fields):
-  from benchmarks import reference_mixer  # the official code's formulation
+def _plain_and_fast(name, **fields):
   kw = dict(num_classes=10, num_blocks=3, patch_size=8, hidden_dim=32, tokens_mlp_dim=24,
             channels_mlp_dim=48, stoch_depth=0.3, **fields)
-  return reference_mixer.ReferenceMlpMixer(**kw), models.MlpMixer(**kw)
+  plain = models.MlpMixer(**kw)
+  return plain, formulations.for_platform(plain, formulation=formulations.NAMED[name])
 
 
+FAST = [name for name in formulations.NAMED if name != 'plain']
+
+
+@pytest.mark.parametrize('name', FAST)
 @pytest.mark.parametrize('train', [False, True])
-def test_optimised_model_equals_reference_formulation(train):
-  reference, ours = _reference_and_ours()
+def test_every_formulation_equals_the_plain_one(name, train):
+  plain, fast = _plain_and_fast(name)
   images = jax.random.normal(jax.random.key(2), (4, 32, 48, 3))  # 4x6 tokens, not square
-  params = random_params(reference, images)
+  params = random_params(plain, images)
   # Same parameter tree, shapes and initialisation: checkpoints are interchangeable.
-  assert jax.tree.all(jax.tree.map(jnp.array_equal, reference.init(jax.random.key(0), images),
-                                   ours.init(jax.random.key(0), images)))
+  assert jax.tree.all(jax.tree.map(jnp.array_equal, plain.init(jax.random.key(0), images),
+                                   fast.init(jax.random.key(0), images)))
   # In training, the same stochastic-depth draws too.
   run = lambda m, p: m.apply({'params': p}, images, train=train, rngs={'dropout': jax.random.key(3)})
-  want, got = run(reference, params), run(ours, params)
+  want, got = run(plain, params), run(fast, params)
   assert float(jnp.max(jnp.abs(want))) > 0.5
   np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
 
   grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(run(m, p) ** 2)))(params)
-  want, got = grad(reference), grad(ours)
+  want, got = grad(plain), grad(fast)
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
   for path, g in jax.tree_util.tree_leaves_with_path(got):
     w = functools.reduce(lambda t, k: t[k.key], path, want)
     np.testing.assert_allclose(g, w, atol=2e-6 * scale, err_msg=jax.tree_util.keystr(path))
 
 
-def test_rematerialised_model_gives_the_same_gradients():
-  _, ours = _reference_and_ours()
-  _, remat = _reference_and_ours(remat=True)
+def test_each_platform_gets_its_measured_formulation_and_others_the_plain_one():
+  plain = small_model()
+  assert formulations.for_platform(plain, 'tpu') is plain  # not measured there
+  for platform, formulation in formulations.MEASURED.items():
+    fast = formulations.for_platform(plain, platform)
+    assert fast.formulation == formulation and fast.num_blocks == plain.num_blocks
+
+
+@pytest.mark.parametrize('name', ['plain', 'cpu'])
+def test_rematerialised_model_gives_the_same_gradients(name):
+  _, model = _plain_and_fast(name)
+  _, remat = _plain_and_fast(name, remat=True)
   images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
-  params = random_params(ours, images)
+  params = random_params(model, images)
   grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(
       {'params': p}, images, train=True, rngs={'dropout': jax.random.key(3)}) ** 2)))(params)
-  want, got = grad(ours), grad(remat)
+  want, got = grad(model), grad(remat)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_model_applies_to_a_batch_sharded_global_array():
+@pytest.mark.parametrize('name', list(formulations.NAMED))
+def test_model_applies_to_a_batch_sharded_global_array(name):
   """Outside shard_map, on a batch-sharded array (explicit sharding), it computes the same."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  model = small_model()
+  model = formulations.for_platform(small_model(), formulation=formulations.NAMED[name])
   images = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
   params = random_params(model, images)
   mesh = jax.make_mesh((jax.device_count(),), ('batch',),
@@ -227,8 +241,8 @@ def test_matmul_gradients_equal_float64_numpy(n, k, m):
   """`matmul` transposes its operands itself on CPU for the gradient; the values are a @ b's."""
   rng = np.random.default_rng(0)
   a, b, w = rng.normal(size=(n, k)), rng.normal(size=(k, m)), rng.normal(size=(n, m))
-  loss = lambda a, b: jnp.sum(models.matmul(a, b) * w.astype(np.float32))
-  value = jax.jit(models.matmul)(a.astype(np.float32), b.astype(np.float32))
+  loss = lambda a, b: jnp.sum(formulations.matmul(a, b) * w.astype(np.float32))
+  value = jax.jit(formulations.matmul)(a.astype(np.float32), b.astype(np.float32))
   da, db = jax.jit(jax.grad(loss, argnums=(0, 1)))(a.astype(np.float32), b.astype(np.float32))
   np.testing.assert_allclose(value, a @ b, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(da, w @ b.T, rtol=1e-5, atol=1e-5)
