@@ -8,13 +8,16 @@ at step k sees exactly the batches an uninterrupted run would have seen from ste
 import dataclasses
 import os
 
+import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mixer_jax import randaugment
+from mixer_jax import randaugment, steps
 from mixer_jax.errors import UserError
+
+tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
 
 IN_MEMORY = ('digits', 'folder')  # any other name is a tensorflow-datasets name
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -325,6 +328,18 @@ def _tfds_eval_dataset(config, split, process_index, process_count):
       'label': tf.constant(0), 'mask': tf.constant(0.0)}).repeat()
   ds = ds.concatenate(padding).take(num_batches * local_batch)
   return ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
+
+
+def train_batches(config, start_step: int, mesh):
+  """Endless global training batches from `start_step` on, copied to the devices ahead."""
+  ds = create_train_dataset(config, start_step, jax.process_index(), jax.process_count())
+  return steps.prefetch_to_mesh(ds.as_numpy_iterator(), mesh)
+
+
+def eval_batches(config, split: str, mesh):
+  """One pass over `split` as global batches, padding masked out."""
+  ds = create_eval_dataset(config, split, jax.process_index(), jax.process_count())
+  return (steps.shard_batch(batch, mesh) for batch in ds.as_numpy_iterator())
 
 
 def num_classes(config) -> int:

@@ -9,34 +9,43 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
 import tqdm
 from absl import logging
-from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixer_jax import checkpoints as ckpt
-from mixer_jax import input_pipeline, models, optim, steps
+from mixer_jax import formulations, models, optim, steps, synthetic
 from mixer_jax.errors import UserError
 
 
+def data_source(config):
+  """The module serving `config.dataset`; only the tf.data pipelines import TensorFlow."""
+  if config.dataset == 'synthetic':
+    return synthetic
+  from mixer_jax import input_pipeline
+  return input_pipeline
+
+
 def build_model(config, num_classes: int) -> models.MlpMixer:
-  """A Table 1 variant (`config.variant`) or a custom Mixer; `config.model` overrides fields."""
+  """A Table 1 variant (`config.variant`) or a custom Mixer; `config.model` overrides fields.
+
+  Computed in the formulation measured fastest on this platform (mixer_jax.formulations).
+  """
   kwargs = dict(num_classes=num_classes, stoch_depth=config.stoch_depth,
                 dtype=jax.numpy.dtype(config.dtype), **config.model)
   if config.variant:
-    return models.create_model(config.variant, **kwargs)
-  return models.MlpMixer(**kwargs)
+    model = models.create_model(config.variant, **kwargs)
+  else:
+    model = models.MlpMixer(**kwargs)
+  return formulations.for_platform(model)
 
 
 def evaluate(eval_step, state, config, mesh) -> dict[str, float]:
   """Exact loss and accuracy over the whole evaluation split (padding is masked out)."""
-  ds = input_pipeline.create_eval_dataset(config, config.eval_split, jax.process_index(),
-                                          jax.process_count())
   totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
-  for batch in ds.as_numpy_iterator():
-    sums = jax.device_get(eval_step(state, steps.shard_batch(batch, mesh)))
+  for batch in data_source(config).eval_batches(config, config.eval_split, mesh):
+    sums = jax.device_get(eval_step(state, batch))
     totals = {k: totals[k] + float(sums[k]) for k in totals}
   return {'loss': totals['loss'] / totals['count'],
           'accuracy': totals['correct'] / totals['count']}
@@ -89,21 +98,32 @@ class Preemption:
 
 
 class MetricsLog:
-  """TensorBoard events (through clu) plus one JSON line per record, from process 0 only."""
+  """TensorBoard events (through clu) plus one JSON line per record, from process 0 only.
+
+  clu writes events with TensorFlow; on a machine with JAX alone (synthetic data) the JSON
+  lines are written without them.
+  """
 
   def __init__(self, workdir: pathlib.Path):
     self.is_main = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(str(workdir)) if self.is_main else None
+    self.writer = None
+    if self.is_main:
+      try:
+        from clu import metric_writers
+        self.writer = metric_writers.create_default_writer(str(workdir))
+      except ImportError as e:
+        logging.warning('No TensorBoard events (%s); metrics go to metrics.jsonl only.', e)
     self.path = workdir / 'metrics.jsonl'
 
   def write(self, step: int, split: str, metrics: dict[str, float]):
     if self.is_main:
-      self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
+      if self.writer:
+        self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
       with self.path.open('a') as f:
         f.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
 
   def close(self):
-    if self.is_main:
+    if self.writer:
       self.writer.close()
 
 
@@ -112,7 +132,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the final evaluation metrics, also written to `workdir/results.json`.
   """
-  tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = steps.create_mesh()
@@ -126,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Weights to start from are read first: their resolution decides the token-MLP width.
   init_params = ckpt.load_params(config.init_from) if config.init_from else None
   factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
-  num_classes = input_pipeline.num_classes(config)
+  data = data_source(config)
+  num_classes = data.num_classes(config)
   model = build_model(config, num_classes)
   if factor > 1:
     model = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * factor ** 2)
@@ -154,8 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      config.grad_accum_steps)
   eval_step = steps.make_eval_step(mesh)
   log = MetricsLog(workdir)
-  train_iter = steps.prefetch_to_mesh(input_pipeline.create_train_dataset(
-      config, start_step, jax.process_index(), jax.process_count()).as_numpy_iterator(), mesh)
+  train_iter = data.train_batches(config, start_step, mesh)
   # Several CPU devices on few cores can deadlock in all-reduce with more than one step in
   # flight; accelerators keep asynchronous dispatch and sync only to log and save.
   one_step_in_flight = jax.default_backend() == 'cpu'

@@ -5,7 +5,13 @@ import pytest
 
 from mixer_jax import checkpoints, trainer
 from mixer_jax.errors import UserError
-from test_train import small_config
+import test_train
+
+
+def small_config(**overrides):
+  """test_train's digits config on synthetic data: checkpoints need no data set or TensorFlow
+  (so these tests also run on accelerator machines that have JAX alone)."""
+  return test_train.small_config(dataset='synthetic', num_classes=10, **overrides)
 
 
 def step_folders(workdir):
