@@ -8,6 +8,7 @@ Decodes, Inception-crops, resizes, flips and RandAugments exactly as training do
 without RandAugment. Compare with the device's training images/s (benchmarks/throughput.py):
 if the host is slower, the accelerator waits on it.
 """
+import json
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Model resolution.')
 _LAYERS = flags.DEFINE_integer('randaug_layers', 2, 'RandAugment ops per image.')
 _MAGNITUDE = flags.DEFINE_float('randaug_magnitude', 15, 'RandAugment magnitude.')
 _SECONDS = flags.DEFINE_float('seconds', 20, 'How long to time each setting.')
+_JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per setting here.')
 
 
 def generate_jpegs(n: int) -> list[bytes]:
@@ -66,6 +68,12 @@ def main(argv):
     rate = images_per_sec(config, jpegs, _SECONDS.value)
     print(f'{os.cpu_count()} host cores, {config.image_size}px, RandAugment {layers} ops at '
           f'magnitude {magnitude:g}: {rate:.1f} images/s', flush=True)
+    if _JSON_OUT.value:
+      with open(_JSON_OUT.value, 'a') as f:
+        f.write(json.dumps({'host_cores': os.cpu_count(), 'image_size': config.image_size,
+                            'randaug_layers': layers, 'randaug_magnitude': magnitude,
+                            'images_per_sec': rate, 'date': time.strftime('%Y-%m-%d %H:%M')})
+                + '\n')
 
 
 if __name__ == '__main__':

@@ -2,22 +2,29 @@
 
   python benchmarks/throughput.py --variant=S/32 --batch_size=32
   python benchmarks/throughput.py --variant=B/16 --batch_size=8,16,32 --mode=train
-  python benchmarks/throughput.py --variant=B/16 --dtype=bfloat16 --batch_size=64,256 --impl=ours
+  python benchmarks/throughput.py --variant=all --dtype=bfloat16 --impl=ours,reference   # GPU/TPU
 
 Implementations, all timed in one run:
-  ours       mixer_jax.models.MlpMixer (token-major, transpose-free token mixing, matmul stem);
-  reference  the official code's formulation (benchmarks/reference_mixer.py): same parameters,
-             same process and host settings as ours;
+  ours       the formulation measured fastest on this platform (mixer_jax.formulations.MEASURED;
+             the plain one where nothing was measured);
+  reference  the plain formulation of mixer_jax/models.py, as the official code computes it;
+  token_major, matmul_stem, plain, cpu
+             a named formulation (mixer_jax.formulations.NAMED), on any platform: how a choice
+             is measured on a new platform;
   reference_default_host
-             the same, as the official code runs it on a CPU: in a child process with glibc's
-             default memory settings (ours keeps freed host memory, see mixer_jax.host);
+             the reference as the official code runs on a CPU: in a child process with glibc's
+             default memory settings (the others keep freed host memory, see mixer_jax.host);
   timm       timm's MlpMixer in PyTorch (AdamW, clipping), where torch and timm are installed,
              in a child process (with the host setting of ours).
+Implementations that are the same formulation here are timed once and reported under each name.
 The training step is the trainer's own (forward, backward, gradient all-reduce, Adam with weight
 decay and clipping) on random data already on the devices: it measures the accelerator, not the
-input pipeline. --batch_size is per device; with several sizes each is measured and the best is
-reported, as in the paper. The implementations take turns over --repeats rounds of --steps
-steps and each keeps its fastest round, so slow drift on a shared machine hits all alike.
+input pipeline. --batch_size is per device; with several sizes each that fits is measured and
+the best reported, as in the paper (`auto`: 32 on CPU, AUTO_BATCH_SIZES on accelerators).
+The implementations take turns over --repeats rounds and each keeps its fastest round, so slow
+drift on a shared machine hits all alike. On accelerators each variant's steps are compiled in
+parallel threads before any is timed; a persistent compilation cache (JAX_COMPILATION_CACHE_DIR)
+makes a second run skip compilation.
 
 FLOPs are analytic (mixer_jax.flops: matmuls, training = 3x forward). MFU divides the achieved
 FLOP/s by the matmul rate this run measures on one device (a square jnp.dot in the compute
@@ -25,6 +32,7 @@ dtype, timed in the same rounds as the models) times the number of devices. Memo
 compiled size of the step (arguments, outputs and temporaries) and, where the backend reports
 it, the device's peak bytes in use.
 """
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -40,22 +48,35 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import reference_mixer  # noqa: E402
-from mixer_jax import flops, host, models, optim, steps  # noqa: E402
+from mixer_jax import flops, formulations, host, models, optim, steps  # noqa: E402
 
-_VARIANT = flags.DEFINE_string('variant', 'S/32', f'One of {", ".join(models.VARIANTS)}.')
+# Per-device batch sizes tried on accelerators (`--batch_size=auto`), smallest first.
+AUTO_BATCH_SIZES = {'S/32': (256, 512, 1024), 'S/16': (256, 512), 'B/32': (256, 512),
+                    'B/16': (256, 512), 'L/32': (256, 512), 'L/16': (128, 256),
+                    'H/14': (64, 128)}
+_CHILDREN = {'timm': 'timm', 'reference_default_host': 'reference'}  # impl: what the child times
+_JAX_IMPLS = ['ours', 'reference', *formulations.NAMED]
+_IMPLS = [*_JAX_IMPLS, *_CHILDREN]
+
+_VARIANT = flags.DEFINE_list('variant', ['S/32'], f'Some of {", ".join(models.VARIANTS)}, or all.')
 _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Image height and width.')
-_BATCH = flags.DEFINE_list('batch_size', ['32'], 'Images per device; several: a sweep.')
+_BATCH = flags.DEFINE_list('batch_size', ['auto'], 'Images per device; several: a sweep.')
 _MODE = flags.DEFINE_enum('mode', 'both', ['inference', 'train', 'both'], 'What to time.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _IMPL = flags.DEFINE_list('impl', ['ours', 'reference', 'reference_default_host', 'timm'],
-                          'Implementations to time.')
+                          f'Implementations to time: some of {", ".join(_IMPLS)}.')
 _DEVICES = flags.DEFINE_integer('devices', 0, 'Use the first N devices (0: all).')
-_REMAT = flags.DEFINE_bool('remat', False, 'Rematerialise block activations (ours only).')
-_STEPS = flags.DEFINE_integer('steps', 0, 'Timed steps per round (0: 3 on CPU, 30 otherwise).')
+_REMAT = flags.DEFINE_bool('remat', False, 'Rematerialise block activations (JAX impls).')
+_STEPS = flags.DEFINE_integer('steps', 0, 'Timed steps per round (0: 3 on CPU; elsewhere '
+                              'enough for about 0.4 s, 5 to 100).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds; each implementation keeps its best.')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0,
                                     'N of the NxN matmul (0: 2048 on CPU, 8192 otherwise).')
+_COMPILE_THREADS = flags.DEFINE_integer(
+    'compile_threads', 0, 'Threads compiling a variant\'s steps before they are timed '
+    '(0: 1 on CPU, 8 elsewhere).')
+_DEADLINE = flags.DEFINE_float('deadline', 0, 'Start no measurement after this many seconds '
+                               '(0: no limit); those left are listed as skipped.')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement here.')
 _SERVE_ROUNDS = flags.DEFINE_bool(
     'serve_rounds', False, 'Internal: time one implementation in rounds asked for on stdin (the '
@@ -70,6 +91,51 @@ _RECIPE = types.SimpleNamespace(optimizer='adam', learning_rate=1e-3, warmup_ste
                                 grad_clip_norm=1.0)
 _TIMM_NAMES = {'S/32': 'mixer_s32_224', 'S/16': 'mixer_s16_224', 'B/32': 'mixer_b32_224',
                'B/16': 'mixer_b16_224', 'L/32': 'mixer_l32_224', 'L/16': 'mixer_l16_224'}
+
+
+class UsageError(Exception):
+  """A flag value that cannot work; printed as one line."""
+
+
+def check_flags() -> list[str]:
+  """The variants to measure; raises UsageError naming a bad flag value and the fix."""
+  unknown = [i for i in _IMPL.value if i not in _IMPLS]
+  if unknown or not _IMPL.value:
+    raise UsageError(f'--impl={",".join(_IMPL.value)}: unknown {", ".join(unknown) or "(none)"};'
+                     f' choose from {", ".join(_IMPLS)}.')
+  variants = list(models.VARIANTS) if _VARIANT.value == ['all'] else _VARIANT.value
+  bad = [v for v in variants if v not in models.VARIANTS]
+  if bad or not variants:
+    raise UsageError(f'--variant={",".join(_VARIANT.value)}: unknown {", ".join(bad)}; choose '
+                     f'from {", ".join(models.VARIANTS)} or all.')
+  if _BATCH.value != ['auto'] and not all(b.isdigit() and int(b) > 0 for b in _BATCH.value):
+    raise UsageError(f'--batch_size={",".join(_BATCH.value)}: give positive integers or auto.')
+  for name, flag in (('resolution', _RESOLUTION), ('repeats', _REPEATS)):
+    if flag.value < 1:
+      raise UsageError(f'--{name}={flag.value}: must be at least 1.')
+  for name, flag in (('steps', _STEPS), ('matmul_size', _MATMUL_SIZE), ('devices', _DEVICES),
+                     ('compile_threads', _COMPILE_THREADS), ('deadline', _DEADLINE)):
+    if flag.value < 0:
+      raise UsageError(f'--{name}={flag.value}: must be 0 (automatic) or positive.')
+  if _DEVICES.value > jax.device_count():
+    raise UsageError(f'--devices={_DEVICES.value}: only {jax.device_count()} here.')
+  patches = sorted({models.VARIANTS[v]['patch_size'] for v in variants})
+  if any(_RESOLUTION.value % p for p in patches):
+    raise UsageError(f'--resolution={_RESOLUTION.value} is not a multiple of the patch sizes '
+                     f'{", ".join(map(str, patches))}: use a common multiple (e.g. 224).')
+  return variants
+
+
+def batch_sizes(variant: str, on_cpu: bool) -> list[int]:
+  if _BATCH.value == ['auto']:
+    return [32] if on_cpu else list(AUTO_BATCH_SIZES[variant])
+  return [int(b) for b in _BATCH.value]
+
+
+def formulation_of(impl: str) -> formulations.Formulation:
+  if impl == 'ours':
+    return formulations.MEASURED.get(jax.default_backend(), formulations.PLAIN)
+  return formulations.PLAIN if impl == 'reference' else formulations.NAMED[impl]
 
 
 def matmul_rounds(dtype, n: int, device) -> tuple[Callable[[int], float], float]:
@@ -113,44 +179,106 @@ def time_rounds(run_rounds: dict[str, Callable[[int], float]], num_steps: int,
   return best
 
 
-def jax_step(impl: str, mode: str, batch_size: int, mesh):
-  """A no-argument function running one step, and XLA's compiled memory size of that step."""
-  kwargs = dict(num_classes=1000, dtype=jnp.dtype(_DTYPE.value))
-  if impl == 'ours':
-    model = models.create_model(_VARIANT.value, remat=_REMAT.value, **kwargs)
-  else:
-    model = reference_mixer.create_reference_model(_VARIANT.value, **kwargs)
-  res, n = _RESOLUTION.value, mesh.size
-  sharding = NamedSharding(mesh, P(steps.AXIS))
-  images = jax.device_put(jax.random.uniform(jax.random.key(0), (n * batch_size, res, res, 3),
-                                             minval=-1, maxval=1), sharding)
-  batch = {'image': images, 'label': jax.device_put(
-      jax.random.randint(jax.random.key(1), (n * batch_size,), 0, 1000), sharding)}
-  lr_fn = optim.create_learning_rate_fn(_RECIPE)
-  state = steps.create_train_state(model, optim.create_optimizer(_RECIPE, lr_fn), (res, res, 3),
-                                   jax.random.key(2), mesh)
-  if mode == 'train':
-    train_step = steps.make_train_step(model, lr_fn, mesh, num_classes=1000)
-    compiled = train_step.lower(state, batch, jax.random.key(3)).compile()
-    holder = [state]
+class Variant:
+  """One variant's model in each formulation, its compiled steps and one training state."""
 
-    def run_step():
-      holder[0], metrics = compiled(holder[0], batch, jax.random.key(3))
+  def __init__(self, name: str, mesh):
+    self.name, self.mesh = name, mesh
+    self.plain = models.create_model(name, num_classes=1000, dtype=jnp.dtype(_DTYPE.value),
+                                     remat=_REMAT.value)
+    self.lr_fn = optim.create_learning_rate_fn(_RECIPE)
+    self.tx = optim.create_optimizer(_RECIPE, self.lr_fn)
+    self.compiled = {}  # (formulation, mode, batch) -> (executable, bytes, seconds) or error
+    self._models, self._state = {}, None
+
+  def model(self, formulation):
+    # One instance per formulation: a compiled step accepts a state whose apply_fn is bound to
+    # the very model it was compiled with.
+    if formulation not in self._models:
+      self._models[formulation] = formulations.for_platform(self.plain, formulation=formulation)
+    return self._models[formulation]
+
+  def _create_state(self, model):
+    res = _RESOLUTION.value
+    return steps.create_train_state(model, self.tx, (res, res, 3), jax.random.key(2), self.mesh)
+
+  def _batch(self, batch_size: int, abstract: bool):
+    n, res = self.mesh.size * batch_size, _RESOLUTION.value
+    sharding = NamedSharding(self.mesh, P(steps.AXIS))
+    shapes = {'image': ((n, res, res, 3), jnp.float32), 'label': ((n,), jnp.int32)}
+    if abstract:
+      return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding) for k, (s, d) in shapes.items()}
+    return {'image': jax.device_put(jax.random.uniform(
+                jax.random.key(0), shapes['image'][0], minval=-1, maxval=1), sharding),
+            'label': jax.device_put(jax.random.randint(
+                jax.random.key(1), (n,), 0, 1000), sharding)}
+
+  def _step_fn(self, model, mode: str):
+    if mode == 'train':
+      return steps.make_train_step(model, self.lr_fn, self.mesh, num_classes=1000)
+    return jax.jit(jax.shard_map(lambda p, x: model.apply({'params': p}, x), mesh=self.mesh,
+                                 in_specs=(P(), P(steps.AXIS)), out_specs=P(steps.AXIS)))
+
+  def lower(self, formulation, mode: str, batch_size: int):
+    """The step traced for abstract inputs (in this thread: tracing holds the GIL)."""
+    model = self.model(formulation)
+    state = jax.eval_shape(lambda: self._create_state(model))
+    batch = self._batch(batch_size, abstract=True)
+    if mode == 'train':
+      return self._step_fn(model, mode).lower(state, batch, jax.random.key(3))
+    return self._step_fn(model, mode).lower(state.params, batch['image'])
+
+  def compile_all(self, keys, threads: int):
+    """Compiles the steps of `keys` ((formulation, mode, batch) tuples), `threads` at a time."""
+    def compile_one(key, lowered):
+      start = time.perf_counter()
+      try:
+        compiled = lowered.compile()
+      except Exception as e:  # noqa: BLE001  (an out-of-memory size is reported, not fatal)
+        return key, e
+      memory = compiled.memory_analysis()
+      size = None if memory is None else (
+          memory.argument_size_in_bytes + memory.output_size_in_bytes
+          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+      return key, (compiled, size, time.perf_counter() - start)
+
+    with concurrent.futures.ThreadPoolExecutor(max(threads, 1)) as pool:
+      futures = []
+      for key in keys:
+        try:
+          futures.append(pool.submit(compile_one, key, self.lower(*key)))
+        except Exception as e:  # noqa: BLE001  (reported when the step is measured)
+          self.compiled[key] = e
+      for future in futures:
+        key, result = future.result()
+        self.compiled[key] = result
+
+  def runner(self, formulation, mode: str, batch_size: int) -> Callable[[], jax.Array]:
+    """A no-argument function running one compiled step on real data."""
+    compiled = self.compiled[formulation, mode, batch_size][0]
+    model = self.model(formulation)
+    if self._state is None:  # one state for the variant: parameters are the same in all
+      self._state = self._create_state(self.plain)
+    batch = self._batch(batch_size, abstract=False)
+    key = jax.random.key(3)
+    if mode == 'inference':
+      return lambda: compiled(self._state.params, batch['image'])
+
+    def run_step():  # the state is donated: keep its successor
+      state, metrics = compiled(self._state.replace(apply_fn=model.apply), batch, key)
+      self._state = state.replace(apply_fn=self.plain.apply)
       return metrics
-  else:
-    predict = jax.jit(jax.shard_map(lambda p, x: model.apply({'params': p}, x), mesh=mesh,
-                                    in_specs=(P(), P(steps.AXIS)), out_specs=P(steps.AXIS)))
-    compiled = predict.lower(state.params, images).compile()
-    run_step = lambda: compiled(state.params, images)
-  memory = compiled.memory_analysis()
-  step_bytes = None
-  if memory is not None:
-    step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-                  + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return run_step, step_bytes
+    return run_step
+
+  def reset_state(self):
+    self._state = None
+
+  def release(self):
+    self._state = None
+    self.compiled.clear()
 
 
-def timm_step(mode: str, batch_size: int):
+def timm_step(variant: str, mode: str, batch_size: int):
   """timm's MlpMixer on the matching torch device, or None where it cannot run here."""
   try:
     import torchvision  # noqa: F401  (imported before timm, which needs it)
@@ -159,15 +287,15 @@ def timm_step(mode: str, batch_size: int):
   except ImportError:
     print('timm: not installed (pip install torch torchvision timm), skipped')
     return None
-  if _VARIANT.value not in _TIMM_NAMES or _DEVICES.value > 1:
-    print(f'timm: no {_VARIANT.value} model or several devices asked for, skipped')
+  if variant not in _TIMM_NAMES or _DEVICES.value > 1:
+    print(f'timm: no {variant} model or several devices asked for, skipped')
     return None
   on_gpu = jax.default_backend() == 'gpu' and torch.cuda.is_available()
   device = 'cuda' if on_gpu else 'cpu'
   if not on_gpu:
     torch.set_num_threads(os.cpu_count())
   amp = torch.autocast(device, torch.bfloat16, enabled=_DTYPE.value == 'bfloat16')
-  model = timm.create_model(_TIMM_NAMES[_VARIANT.value], num_classes=1000,
+  model = timm.create_model(_TIMM_NAMES[variant], num_classes=1000,
                             img_size=_RESOLUTION.value).to(device)
   x = torch.rand(batch_size, 3, _RESOLUTION.value, _RESOLUTION.value, device=device) * 2 - 1
   y = torch.randint(0, 1000, (batch_size,), device=device)
@@ -207,8 +335,9 @@ def peak_bytes(devices) -> int | None:
   return None if None in stats else max(s.get('peak_bytes_in_use', 0) for s in stats)
 
 
-# Implementations timed in a child process of this run, and what the child times.
-_CHILDREN = {'timm': 'timm', 'reference_default_host': 'reference'}
+def bytes_limit(devices) -> int | None:
+  stats = devices[0].memory_stats()
+  return stats.get('bytes_limit') if stats else None
 
 
 def keeps_freed_memory(impl: str, kept: bool) -> bool:
@@ -226,12 +355,12 @@ class ChildRounds:
   with this process's and a slow spell of a shared machine hits all alike.
   """
 
-  def __init__(self, impl: str, mode: str, batch_size: int):
+  def __init__(self, impl: str, variant: str, mode: str, batch_size: int):
     self.impl, self._log = impl, tempfile.TemporaryFile('w+')
     keep = keeps_freed_memory(impl, _KEEP_MEMORY.value)
     self._child = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), '--serve_rounds', f'--impl={_CHILDREN[impl]}',
-         f'--mode={mode}', f'--batch_size={batch_size}', f'--variant={_VARIANT.value}',
+         f'--mode={mode}', f'--batch_size={batch_size}', f'--variant={variant}',
          f'--resolution={_RESOLUTION.value}', f'--dtype={_DTYPE.value}',
          f'--keep_freed_memory={keep}', f'--devices={_DEVICES.value}'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
@@ -267,82 +396,131 @@ class ChildRounds:
 
 def serve_rounds(mode: str, batch_size: int, mesh) -> None:
   """The child of ChildRounds: times its one implementation for each round asked on stdin."""
-  [impl] = _IMPL.value
-  run_step = (timm_step(mode, batch_size) if impl == 'timm'
-              else jax_step(impl, mode, batch_size, mesh)[0])
-  if run_step is None:
-    return
+  [impl], [variant] = _IMPL.value, _VARIANT.value
+  if impl == 'timm':
+    run_step = timm_step(variant, mode, batch_size)
+    if run_step is None:
+      return
+  else:
+    jax_variant = Variant(variant, mesh)
+    key = (formulation_of(impl), mode, batch_size)
+    jax_variant.compile_all([key], 1)
+    run_step = jax_variant.runner(*key)
   run_round = local_rounds(run_step, jax.default_backend() == 'cpu')
   print('ready', flush=True)
   for line in sys.stdin:
     print(run_round(int(line)), flush=True)
 
 
-def measure(mode: str, batch_size: int, mesh, matmul: tuple[Callable, float],
-            num_steps: int) -> list[dict]:
-  """One line per implementation for this mode and batch size.
+def does_not_fit(error: Exception) -> bool:
+  return any(s in str(error) for s in ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory'))
+
+
+def measure(variant: Variant, mode: str, batch_size: int,
+            matmul: tuple[Callable, float]) -> list[dict]:
+  """One line per implementation for this variant, mode and batch size.
 
   Every implementation, those in child processes included, and the matmul that sets the rate
   for MFU take turns in the same rounds: a slow spell of a shared machine cannot favour any side
-  of a ratio.
+  of a ratio. Implementations of the same formulation are timed once.
   """
   on_cpu = jax.default_backend() == 'cpu'
+  mesh = variant.mesh
   if not on_cpu and 'reference_default_host' in _IMPL.value:
     print('reference_default_host: the same as reference off the CPU, skipped', flush=True)
-  children = [ChildRounds(impl, mode, batch_size) for impl in _IMPL.value
+  children = [ChildRounds(impl, variant.name, mode, batch_size) for impl in _IMPL.value
               if impl in _CHILDREN and (on_cpu or impl != 'reference_default_host')]
+  timed_as = {impl: formulation_of(impl) for impl in _IMPL.value if impl not in _CHILDREN}
   # One step in flight on CPU, as the trainer does: collectives can deadlock otherwise, and a
   # step dispatched early allocates its buffers while the previous one still holds its own.
-  run_rounds, step_bytes = {'matmul': matmul[0]}, {}
-  for impl in _IMPL.value:
-    if impl not in _CHILDREN:
-      run_step, step_bytes[impl] = jax_step(impl, mode, batch_size, mesh)
-      run_rounds[impl] = local_rounds(run_step, sync_every_step=on_cpu)
+  run_rounds, step_bytes, compile_s = {'matmul': matmul[0]}, {}, {}
+  limit = bytes_limit(mesh.devices.flat)
+  for formulation in dict.fromkeys(timed_as.values()):
+    what = f'{variant.name} batch {batch_size} {mode} {_formulation_name(formulation)}'
+    compiled = variant.compiled[formulation, mode, batch_size]
+    try:
+      if isinstance(compiled, Exception):
+        raise compiled
+      if limit and compiled[1] and compiled[1] > limit:
+        raise MemoryError(f'RESOURCE_EXHAUSTED: needs {compiled[1] / 1e9:.1f} GB, the device '
+                          f'has {limit / 1e9:.1f} GB')
+      run_rounds[formulation] = local_rounds(variant.runner(formulation, mode, batch_size),
+                                             sync_every_step=on_cpu)
+    except Exception as e:  # noqa: BLE001  (one failure must not end a long sweep)
+      reason = 'does not fit' if does_not_fit(e) else 'failed'
+      print(f'{what}: {reason} ({str(e).strip().splitlines()[0][:300]}), skipped', flush=True)
+      variant.reset_state()  # a failed training step may have consumed the donated state
+      continue
+    step_bytes[formulation], compile_s[formulation] = compiled[1], compiled[2]
   run_rounds.update({child.impl: child for child in children if child.ready()})
-  model = models.create_model(_VARIANT.value, num_classes=1000)  # the FLOPs of every impl
+  if len(run_rounds) == 1:  # nothing but the matmul
+    return []
+  num_steps = _STEPS.value
+  if not num_steps:  # from one more round of each: rounds of about 0.4 s
+    slowest = max(run_round(3) / 3 for name, run_round in run_rounds.items() if name != 'matmul')
+    num_steps = 3 if on_cpu else int(min(max(0.4 / slowest, 5), 100))
   per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
-      model, _RESOLUTION.value)
+      variant.plain, _RESOLUTION.value)
   seconds = time_rounds(run_rounds, num_steps, _REPEATS.value)
   matmul_rate = matmul[1] / seconds.pop('matmul')
-  for child in run_rounds.values():
-    if isinstance(child, ChildRounds):
-      child.close()
+  for child in children:
+    child.close()
   peak = peak_bytes(mesh.devices.flat)
   results = []
-  for impl, s in sorted(seconds.items(), key=lambda item: _IMPL.value.index(item[0])):
+  for impl in _IMPL.value:
+    key = timed_as.get(impl, impl)
+    if key not in seconds:
+      continue
+    s = seconds[key]
     devices = 1 if impl == 'timm' else mesh.size
     images_per_sec = devices * batch_size / s
+    same_as = [i for i in timed_as if timed_as[i] == key and i != impl]
     results.append({
-        'impl': impl, 'variant': _VARIANT.value, 'resolution': _RESOLUTION.value, 'mode': mode,
-        'dtype': _DTYPE.value, 'remat': _REMAT.value and impl == 'ours', 'devices': devices,
+        'impl': impl, 'formulation': _formulation_name(key), 'same_as': same_as,
+        'variant': variant.name, 'resolution': _RESOLUTION.value, 'mode': mode,
+        'dtype': _DTYPE.value, 'remat': _REMAT.value and impl not in _CHILDREN,
+        'devices': devices, 'platform': jax.default_backend(),
         'device_kind': mesh.devices.flat[0].device_kind, 'batch_per_device': batch_size,
-        'step_ms': 1e3 * s, 'images_per_sec': images_per_sec,
+        'steps_per_round': num_steps, 'step_ms': 1e3 * s, 'images_per_sec': images_per_sec,
         'images_per_sec_per_device': images_per_sec / devices,
         'gflops_per_image': per_image / 1e9,
         'tflops_per_sec': images_per_sec * per_image / 1e12,
         'matmul_tflops_per_sec_per_device': matmul_rate / 1e12,
         'mfu': images_per_sec * per_image / (matmul_rate * devices),
-        'step_memory_gb': step_bytes[impl] / 1e9 if step_bytes.get(impl) else None,
+        'step_memory_gb': step_bytes[key] / 1e9 if step_bytes.get(key) else None,
         'peak_memory_gb': None if impl in _CHILDREN or peak is None else peak / 1e9,
-        'jax_version': jax.__version__, 'date': time.strftime('%Y-%m-%d %H:%M'),
+        'compile_s': compile_s.get(key), 'jax_version': jax.__version__,
+        'date': time.strftime('%Y-%m-%d %H:%M'),
     })
   return results
+
+
+def _formulation_name(key) -> str:
+  if key in _CHILDREN:
+    return key
+  return next(name for name, f in formulations.NAMED.items() if f == key)
 
 
 def report(r: dict) -> None:
   memory = ''.join(f", {label} {r[key]:.2f} GB" for key, label in
                    (('step_memory_gb', 'step'), ('peak_memory_gb', 'peak')) if r[key])
-  print(f"{r['impl']:{max(map(len, _IMPL.value))}s} {r['variant']} {r['resolution']}px {r['mode']:9s} {r['dtype']} "
-        f"{r['devices']}x {r['device_kind']} batch/device {r['batch_per_device']}: "
-        f"{r['images_per_sec']:.1f} img/s ({r['images_per_sec_per_device']:.1f}/device), "
-        f"{r['step_ms']:.1f} ms/step, {r['tflops_per_sec'] * 1e3:.1f} GFLOP/s, "
-        f"MFU {r['mfu']:.3f} (matmul {r['matmul_tflops_per_sec_per_device'] * 1e3:.0f} GFLOP/s)"
-        f"{memory}", flush=True)
+  same = f" (= {', '.join(r['same_as'])})" if r['same_as'] else ''
+  print(f"{r['impl']:{max(map(len, _IMPL.value))}s} {r['variant']} {r['resolution']}px "
+        f"{r['mode']:9s} {r['dtype']} {r['devices']}x {r['device_kind']} batch/device "
+        f"{r['batch_per_device']}: {r['images_per_sec']:.1f} img/s "
+        f"({r['images_per_sec_per_device']:.1f}/device), {r['step_ms']:.2f} ms/step, "
+        f"{r['tflops_per_sec'] * 1e3:.1f} GFLOP/s, MFU {r['mfu']:.3f} (matmul "
+        f"{r['matmul_tflops_per_sec_per_device'] * 1e3:.0f} GFLOP/s){memory}{same}", flush=True)
 
 
 def main(argv):
   del argv
   kept = _KEEP_MEMORY.value and host.keep_freed_memory_on_cpu()  # before JAX's backend starts
+  try:
+    variants = check_flags()
+  except UsageError as e:
+    sys.exit(f'error: {e}')
+  start = time.perf_counter()
   devices = jax.devices()[:_DEVICES.value or None]
   mesh = jax.make_mesh((len(devices),), (steps.AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Explicit,))
@@ -350,30 +528,71 @@ def main(argv):
   modes = ['inference', 'train'] if _MODE.value == 'both' else [_MODE.value]
   if _SERVE_ROUNDS.value:
     return serve_rounds(modes[0], int(_BATCH.value[0]), mesh)
-  num_steps = _STEPS.value or (3 if on_cpu else 30)
   n = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
   matmul = matmul_rounds(jnp.dtype(_DTYPE.value), n, devices[0])
-  print(f'MFU against the rate of a {n}x{n} {_DTYPE.value} matmul on one {devices[0].device_kind} '
-        f'device, timed in the same rounds; freed host memory kept: {kept}', flush=True)
-  for mode in modes:
-    best = {}
-    for batch_size in map(int, _BATCH.value):
-      for r in measure(mode, batch_size, mesh, matmul, num_steps):
-        r['keep_freed_memory'] = keeps_freed_memory(r['impl'], kept)
-        report(r)
-        if _JSON_OUT.value:
-          with open(_JSON_OUT.value, 'a') as f:
-            f.write(json.dumps(r) + '\n')
-        if r['images_per_sec'] > best.get(r['impl'], {}).get('images_per_sec', 0):
-          best[r['impl']] = r
-    if len(_BATCH.value) > 1:
-      print(f'Best batch, {mode}:')
-      for r in best.values():
-        report(r)
-    if 'ours' in best:
-      ratios = ', '.join(f"{best['ours']['images_per_sec'] / r['images_per_sec']:.2f}x {impl}"
-                         for impl, r in best.items() if impl != 'ours')
-      print(f'ours, {mode}, best batches: {ratios or "nothing to compare"}', flush=True)
+  ours = _formulation_name(formulation_of('ours'))
+  print(f'ours = the {ours} formulation on {jax.default_backend()}. MFU against the rate of a '
+        f'{n}x{n} {_DTYPE.value} matmul on one {devices[0].device_kind} device, timed in the '
+        f'same rounds; freed host memory kept: {kept}', flush=True)
+  formulations_timed = list(dict.fromkeys(formulation_of(i) for i in _IMPL.value
+                                          if i not in _CHILDREN))
+  threads = _COMPILE_THREADS.value or (1 if on_cpu else 8)
+  best_lines = []
+  for name in variants:
+    if _DEADLINE.value and time.perf_counter() - start > _DEADLINE.value:
+      print(f'{name}: skipped, past the --deadline of {_DEADLINE.value:.0f} s', flush=True)
+      continue
+    variant = Variant(name, mesh)
+    sizes = batch_sizes(name, on_cpu)
+    compile_start = time.perf_counter()
+    variant.compile_all([(f, m, b) for m in modes for b in sizes for f in formulations_timed],
+                        threads)
+    print(f'{name}: {len(variant.compiled)} steps compiled in '
+          f'{time.perf_counter() - compile_start:.1f} s ({threads} threads)', flush=True)
+    for mode in modes:
+      best = {}
+      for batch_size in sizes:
+        if _DEADLINE.value and time.perf_counter() - start > _DEADLINE.value:
+          print(f'{name} batch {batch_size} {mode}: skipped, past the deadline', flush=True)
+          continue
+        for r in measure(variant, mode, batch_size, matmul):
+          r['keep_freed_memory'] = keeps_freed_memory(r['impl'], kept)
+          report(r)
+          if _JSON_OUT.value:
+            with open(_JSON_OUT.value, 'a') as f:
+              f.write(json.dumps(r) + '\n')
+          if r['images_per_sec'] > best.get(r['impl'], {}).get('images_per_sec', 0):
+            best[r['impl']] = r
+      if len(sizes) > 1 and best:
+        print(f'Best batch, {name} {mode}:')
+        for r in best.values():
+          report(r)
+      if 'ours' in best:
+        ratios = ', '.join(f"{best['ours']['images_per_sec'] / r['images_per_sec']:.2f}x {impl}"
+                           for impl, r in best.items() if impl != 'ours')
+        print(f'ours, {mode}, best batches: {ratios or "nothing to compare"}', flush=True)
+      best_lines += best.values()
+    variant.release()
+  if len(variants) > 1:
+    print_table(best_lines)
+
+
+def print_table(lines: list[dict]) -> None:
+  """Markdown: each variant and mode at its best batch, every implementation side by side."""
+  if not lines:
+    return
+  impls = list(dict.fromkeys(r['impl'] for r in lines))
+  print('\n| variant | mode | ' + ' | '.join(f'{i}: img/s (batch), MFU' for i in impls) +
+        (' | ours / reference |' if {'ours', 'reference'} <= set(impls) else ' |'))
+  print('|' + ' --- |' * (len(impls) + 2 + ({'ours', 'reference'} <= set(impls))))
+  for key in dict.fromkeys((r['variant'], r['mode']) for r in lines):
+    row = {r['impl']: r for r in lines if (r['variant'], r['mode']) == key}
+    cells = [f"{row[i]['images_per_sec']:,.0f} ({row[i]['batch_per_device']}), "
+             f"{row[i]['mfu']:.1%}" if i in row else '-' for i in impls]
+    if {'ours', 'reference'} <= set(impls):
+      cells.append(f"{row['ours']['images_per_sec'] / row['reference']['images_per_sec']:.2f}x"
+                   if {'ours', 'reference'} <= set(row) else '-')
+    print(f'| {key[0]} | {key[1]} | ' + ' | '.join(cells) + ' |')
 
 
 if __name__ == '__main__':

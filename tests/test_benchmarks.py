@@ -22,15 +22,14 @@ def mixer_forward_flops(variant: str, resolution: int, num_classes: int = 1000) 
 
 
 @pytest.fixture(scope='module')
-def throughput_lines(tmp_path_factory):
-  out = tmp_path_factory.mktemp('bench') / 'results.jsonl'
-  impls = 'ours,reference,reference_default_host' + (',timm' if _has_timm() else '')
-  run = subprocess.run(
-      [sys.executable, 'benchmarks/throughput.py', '--variant=S/32', '--resolution=64',
-       '--batch_size=2', '--mode=train', f'--impl={impls}', '--steps=1', '--repeats=1', '--matmul_size=256',
-       f'--json_out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
-  return [json.loads(line) for line in out.read_text().splitlines()], run.stdout
+def check(tmp_path_factory):
+  """benchmarks/accelerator_check.sh rehearsed on this CPU at tiny sizes: every step runs."""
+  out = tmp_path_factory.mktemp('check')
+  run = subprocess.run(['bash', 'benchmarks/accelerator_check.sh', str(out), '--tiny'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stdout[-3000:]
+  lines = [json.loads(line) for line in (out / 'throughput.jsonl').read_text().splitlines()]
+  return out, lines, run.stdout
 
 
 def _has_timm():
@@ -41,20 +40,47 @@ def _has_timm():
     return False
 
 
-def test_throughput_counts_model_flops_by_the_formula(throughput_lines):
-  lines, _ = throughput_lines
+def test_accelerator_check_runs_every_step_and_summarises_them(check):
+  out, lines, stdout = check
+  summary = (out / 'summary.md').read_text()
+  assert summary == stdout[stdout.index('# Accelerator check'):stdout.index('== done')]
+  for line in lines:  # what BENCHMARKS.md's tables are made of
+    assert {'impl', 'device_kind', 'mfu', 'date', 'formulation'} <= set(line)
+  ours = next(r for r in lines if r['impl'] == 'ours' and r['mode'] == 'train')
+  ref = next(r for r in lines if r['impl'] == 'reference' and r['mode'] == 'train')
+  assert (f"| S/32 | train | {ours['images_per_sec']:,.0f} (2), {ours['mfu']:.1%} | "
+          f"{ref['images_per_sec']:,.0f} (2), {ref['mfu']:.1%} |") in summary
+  assert f"{ours['images_per_sec'] / ref['images_per_sec']:.2f}x | 35% " in summary
+  # train.py on synthetic data at the sweep's batch, against the benchmark's training step.
+  metrics = [json.loads(line) for line in (out / 'train_synthetic.jsonl').read_text().splitlines()]
+  assert metrics[-1] == {'config': 'configs/synthetic.py:S/32,smoke', 'batch_size': 2}
+  windows = [r['steps_per_sec'] for r in metrics if r.get('split') == 'train']
+  assert len(windows) == 2
+  loop = windows[1] * 2  # the window after the one that compiled, times the batch
+  assert (f'train.py on synthetic data (configs/synthetic.py:S/32,smoke, batch 2): {loop:,.1f} '
+          'images/s') in summary
+  assert f"ratio {loop / ours['images_per_sec']:.2f}" in summary
+  pipeline = [json.loads(line) for line in (out / 'input_pipeline.jsonl').read_text().splitlines()]
+  assert [p['randaug_layers'] for p in pipeline] == [2, 0]
+  assert f"| {pipeline[0]['images_per_sec']:,.1f} | S/32 trains at" in summary
+  assert re.search(r'Tests: 1 passed', summary)
+
+
+def test_throughput_counts_model_flops_by_the_formula(check):
+  _, lines, _ = check
   forward = mixer_forward_flops('S/32', 64)
   for r in lines:
-    want = 3 * forward  # training: forward + backward of twice its cost
+    want = (3 if r['mode'] == 'train' else 1) * forward  # backward: twice the forward
     assert r['gflops_per_image'] * 1e9 == pytest.approx(want, rel=1e-12), r
 
 
-def test_throughput_arithmetic_is_consistent(throughput_lines):
-  lines, stdout = throughput_lines
-  order = ['ours', 'reference', 'reference_default_host', 'timm']
-  assert [r['impl'] for r in lines] == order[:4 if _has_timm() else 3]
-  # One matmul rate for the whole measurement: it was timed in the same rounds as the models.
-  assert len({r['matmul_tflops_per_sec_per_device'] for r in lines}) == 1
+def test_throughput_arithmetic_is_consistent(check):
+  _, lines, stdout = check
+  order = ['ours', 'reference', 'token_major', 'reference_default_host', 'timm']
+  for mode in ('inference', 'train'):
+    assert [r['impl'] for r in lines if r['mode'] == mode] == order[:5 if _has_timm() else 4]
+    # One matmul rate for the whole measurement: it was timed in the same rounds as the models.
+    assert len({r['matmul_tflops_per_sec_per_device'] for r in lines if r['mode'] == mode}) == 1
   for r in lines:
     assert r['images_per_sec'] == pytest.approx(
         r['devices'] * r['batch_per_device'] / (r['step_ms'] / 1e3))
@@ -63,9 +89,22 @@ def test_throughput_arithmetic_is_consistent(throughput_lines):
         r['tflops_per_sec'] / (r['devices'] * r['matmul_tflops_per_sec_per_device']))
     if r['impl'] in ('ours', 'reference'):  # XLA's buffer assignment: at least the parameters
       assert r['step_memory_gb'] * 1e9 > 4 * 18e6
-  speed = {r['impl']: r['images_per_sec'] for r in lines}
+  speed = {r['impl']: r['images_per_sec'] for r in lines if r['mode'] == 'train'}
   ratio = float(re.search(r'ours, train, best batches: ([\d.]+)x reference', stdout).group(1))
   assert ratio == pytest.approx(speed['ours'] / speed['reference'], abs=0.006)
+  # On CPU ours is the cpu formulation, the reference the plain one: timed apart.
+  assert {r['formulation'] for r in lines if r['impl'] in ('ours', 'reference')} == {'cpu', 'plain'}
+
+
+def test_throughput_flags_are_checked_before_anything_runs():
+  for flag, message in (('--impl=ours,fast', 'unknown fast; choose from ours, reference'),
+                        ('--variant=B/8', 'unknown B/8; choose from S/32'),
+                        ('--batch_size=0', 'give positive integers or auto'),
+                        ('--resolution=100', 'not a multiple of the patch sizes 32')):
+    run = subprocess.run([sys.executable, 'benchmarks/throughput.py', flag], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert message in run.stderr and 'Traceback' not in run.stderr
 
 
 def test_an_implementation_that_cannot_run_is_skipped_with_the_reason(tmp_path):

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The accelerator check: everything a GPU (or TPU) session has to show, in one command.
+#
+#   bash benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR] [--budget SECONDS] [--tiny]
+#
+# In order, each step's output in OUT_DIR (at most 6 files, all logged to check.log too):
+#   1. throughput.jsonl  the sweep of benchmarks/throughput.py: all seven variants, bfloat16,
+#                        inference and training, every batch size of AUTO_BATCH_SIZES that fits,
+#                        ours against the reference formulation and token_major, with the
+#                        measured matmul rate, most important variants first (B/16, S/32, L/16);
+#   2. train_synthetic.jsonl  train.py on synthetic data (configs/synthetic.py) for B/16 at the
+#                        sweep's best training batch: its metrics.jsonl, the loop's images/s;
+#   3. tests.log         the model, step, checkpoint and synthetic-data tests on the device;
+#   4. input_pipeline.jsonl  the host's ImageNet-style input pipeline with RandAugment, images/s
+#                        (needs TensorFlow; skipped with the reason where it is missing);
+#   5. summary.md        the tables of benchmarks/accelerator_summary.py, against the targets.
+# --budget (default 480 s) bounds the whole check: the sweep stops starting measurements when
+# the later steps' share is reached. Compiled programs go to a persistent cache
+# ($JAX_COMPILATION_CACHE_DIR, default /tmp/mixer_jax_cache), so repeated shapes compile once
+# and a second run on the same machine skips compilation.
+#
+# A machine with JAX but without this project's other dependencies (a lent GPU without network)
+# gets them as wheels: download them where pip works, for the machine's Python, e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections
+# and pass --wheels .whl; they are installed into a temporary folder, not into the system.
+# train.py on synthetic data and the tests need JAX, flax, optax, orbax-checkpoint, einops and
+# ml_collections; TensorFlow (for the input pipeline) is a 260 MB wheel.
+#
+# --tiny rehearses every step on a CPU in about a minute (S/32 at 64 px, batch 2, one test):
+# tests/test_benchmarks.py runs it so that the script cannot break unseen.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR] [--budget SECONDS] [--tiny]}
+shift
+wheels='' budget=480 tiny=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheels) wheels=${2:?--wheels needs a folder}; shift 2 ;;
+    --budget) budget=${2:?--budget needs seconds}; shift 2 ;;
+    --tiny) tiny=1; shift ;;
+    *) echo "error: unknown argument $1 (use --wheels DIR, --budget SECONDS, --tiny)" >&2; exit 2 ;;
+  esac
+done
+[[ "$budget" =~ ^[0-9]+$ ]] || { echo "error: --budget $budget: give whole seconds" >&2; exit 2; }
+mkdir -p "$out" || { echo "error: cannot create $out" >&2; exit 2; }
+out=$(cd "$out" && pwd)
+exec > >(tee -a "$out/check.log") 2>&1
+start=$SECONDS
+elapsed() { echo $((SECONDS - start)); }
+failed=()
+
+if [ -n "$wheels" ]; then
+  ls "$wheels"/*.whl >/dev/null 2>&1 || { echo "error: no .whl files in $wheels"; exit 2; }
+  site=$(mktemp -d /tmp/mixer_jax_site.XXXX)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
+    "$wheels"/*.whl || { echo "error: the wheels in $wheels did not install"; exit 2; }
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/mixer_jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+export JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=xla_gpu_per_fusion_autotune_cache_dir
+
+echo "== accelerator check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import sys, jax, flax, optax; print("python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "devices", jax.devices())' \
+  || { echo "error: JAX or flax does not import (see above)"; exit 1; }
+echo "host cores: $(nproc)"
+
+if [ "$tiny" = 1 ]; then
+  # On CPU also the implementations timed in child processes.
+  sweep=(--variant=S/32 --resolution=64 --batch_size=2 --steps=1 --repeats=1 --matmul_size=128
+         --dtype=float32 --impl=ours,reference,token_major,reference_default_host,timm)
+  train=(--config=configs/synthetic.py:S/32,smoke --config.dtype=float32)
+  train_steps=(--config.total_steps=4 --config.log_every=2)
+  tests=(tests/test_models.py -k test_parameter_names_match_official_checkpoints)
+  pipeline=(--seconds=1 --num_images=8 --image_size=64)
+  reserve=0
+else
+  # The later steps' share of the budget: train.py ~70 s, tests ~70 s, input pipeline ~30 s.
+  sweep=(--variant=B/16,S/32,L/16,H/14,S/16,B/32,L/32 --batch_size=auto --dtype=bfloat16
+         --impl=ours,reference,token_major)
+  train=(--config=configs/synthetic.py:B/16)
+  train_steps=(--config.total_steps=150 --config.log_every=50)
+  tests=(tests/test_models.py tests/test_steps.py tests/test_checkpoints.py tests/test_synthetic.py)
+  python3 -c 'import xdist' 2>/dev/null && tests+=(-n 4)  # pytest-xdist: compile in parallel
+  pipeline=(--seconds=10)
+  reserve=170
+fi
+
+echo "== 1. throughput sweep (t=$(elapsed) s)"
+XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} python3 benchmarks/throughput.py \
+  "${sweep[@]}" --mode=both \
+  --deadline=$((budget > reserve ? budget - reserve : 1)) --json_out="$out/throughput.jsonl" \
+  || failed+=(throughput)
+
+echo "== 2. train.py on synthetic data (t=$(elapsed) s)"
+batch=$(python3 - "$out/throughput.jsonl" "${train[0]#*:}" <<'EOF'
+import json, sys
+variant = sys.argv[2].split(',')[0]
+try:
+  lines = [json.loads(l) for l in open(sys.argv[1])]
+except OSError:
+  lines = []
+best = max((r for r in lines if r['impl'] == 'ours' and r['mode'] == 'train'
+            and r['variant'] == variant), key=lambda r: r['images_per_sec'], default=None)
+print(best['batch_per_device'] * best['devices'] if best else '')
+EOF
+)
+workdir=$(mktemp -d /tmp/mixer_jax_synthetic.XXXX)
+python3 train.py "${train[@]}" --workdir="$workdir" ${batch:+--config.batch_size=$batch} \
+  ${batch:+--config.eval_batch_size=$batch} "${train_steps[@]}" \
+  && cp "$workdir/metrics.jsonl" "$out/train_synthetic.jsonl" || failed+=(train.py)
+echo "{\"config\": \"${train[0]#*=}\", \"batch_size\": ${batch:-0}}" >> "$out/train_synthetic.jsonl"
+rm -rf "$workdir"
+
+echo "== 3. tests on $(python3 -c 'import jax; print(jax.default_backend())') (t=$(elapsed) s)"
+XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -p no:cacheprovider "${tests[@]}" \
+  2>&1 | tee "$out/tests.log" || failed+=(tests)
+
+echo "== 4. host input pipeline (t=$(elapsed) s)"
+if python3 -c 'import tensorflow, tensorflow_datasets' 2>/dev/null; then
+  JAX_PLATFORMS=cpu python3 benchmarks/input_pipeline.py "${pipeline[@]}" \
+    --json_out="$out/input_pipeline.jsonl" || failed+=(input_pipeline)
+else
+  echo "skipped: TensorFlow and tensorflow-datasets do not import here (the input pipeline is tf.data)"
+fi
+
+echo "== 5. summary (t=$(elapsed) s)"
+python3 benchmarks/accelerator_summary.py "$out" | tee "$out/summary.md" || failed+=(summary)
+echo "== done in $(elapsed) s${failed[*]:+; FAILED: ${failed[*]}}"
+[ ${#failed[@]} -eq 0 ]
