@@ -489,7 +489,8 @@ def measure(variant: Variant, mode: str, batch_size: int,
         'mfu': images_per_sec * per_image / (matmul_rate * devices),
         'step_memory_gb': step_bytes[key] / 1e9 if step_bytes.get(key) else None,
         'peak_memory_gb': None if impl in _CHILDREN or peak is None else peak / 1e9,
-        'compile_s': compile_s.get(key), 'jax_version': jax.__version__,
+        'compile_s': compile_s.get(key), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+        'jax_version': jax.__version__,
         'date': time.strftime('%Y-%m-%d %H:%M'),
     })
   return results
