@@ -83,16 +83,17 @@ else
   train=(--config=configs/synthetic.py:B/16)
   train_steps=(--config.total_steps=150 --config.log_every=50)
   tests=(tests/test_models.py tests/test_steps.py tests/test_checkpoints.py tests/test_synthetic.py)
-  python3 -c 'import xdist' 2>/dev/null && tests+=(-n 4)  # pytest-xdist: compile in parallel
+  python3 -c 'import xdist' 2>/dev/null && tests+=(-n 8)  # pytest-xdist: compile in parallel
   pipeline=(--seconds=10)
   reserve=170
 fi
 
 echo "== 1. throughput sweep (t=$(elapsed) s)"
-XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} python3 benchmarks/throughput.py \
-  "${sweep[@]}" --mode=both \
-  --deadline=$((budget > reserve ? budget - reserve : 1)) --json_out="$out/throughput.jsonl" \
-  || failed+=(throughput)
+deadline=$((budget > reserve ? budget - reserve : 1))
+# The deadline stops new measurements; the timeout also ends a compilation that never returns.
+XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} timeout $((deadline + 150)) \
+  python3 benchmarks/throughput.py "${sweep[@]}" --mode=both --deadline=$deadline \
+  --compile_threads=${COMPILE_THREADS:-0} --json_out="$out/throughput.jsonl" || failed+=(throughput)
 
 echo "== 2. train.py on synthetic data (t=$(elapsed) s)"
 batch=$(python3 - "$out/throughput.jsonl" "${train[0]#*:}" <<'EOF'

@@ -50,10 +50,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mixer_jax import flops, formulations, host, models, optim, steps  # noqa: E402
 
-# Per-device batch sizes tried on accelerators (`--batch_size=auto`), smallest first.
-AUTO_BATCH_SIZES = {'S/32': (256, 512, 1024), 'S/16': (256, 512), 'B/32': (256, 512),
-                    'B/16': (256, 512), 'L/32': (256, 512), 'L/16': (128, 256),
-                    'H/14': (64, 128)}
+# Per-device batch sizes tried on accelerators (`--batch_size=auto`), smallest first. Each
+# costs a compilation of every step (15-60 s on an H200): B/16 at 256 was 2% slower than at 512.
+AUTO_BATCH_SIZES = {'S/32': (512, 1024), 'S/16': (256, 512), 'B/32': (256, 512), 'B/16': (512,),
+                    'L/32': (256, 512), 'L/16': (128, 256), 'H/14': (64, 128)}
 _CHILDREN = {'timm': 'timm', 'reference_default_host': 'reference'}  # impl: what the child times
 _JAX_IMPLS = ['ours', 'reference', *formulations.NAMED]
 _IMPLS = [*_JAX_IMPLS, *_CHILDREN]
@@ -68,7 +68,7 @@ _IMPL = flags.DEFINE_list('impl', ['ours', 'reference', 'reference_default_host'
 _DEVICES = flags.DEFINE_integer('devices', 0, 'Use the first N devices (0: all).')
 _REMAT = flags.DEFINE_bool('remat', False, 'Rematerialise block activations (JAX impls).')
 _STEPS = flags.DEFINE_integer('steps', 0, 'Timed steps per round (0: 3 on CPU; elsewhere '
-                              'enough for about 0.4 s, 5 to 100).')
+                              'enough for about 0.3 s, 5 to 100).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds; each implementation keeps its best.')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0,
                                     'N of the NxN matmul (0: 2048 on CPU, 8192 otherwise).')
@@ -456,9 +456,9 @@ def measure(variant: Variant, mode: str, batch_size: int,
   if len(run_rounds) == 1:  # nothing but the matmul
     return []
   num_steps = _STEPS.value
-  if not num_steps:  # from one more round of each: rounds of about 0.4 s
+  if not num_steps:  # from one more round of each: rounds of about 0.3 s
     slowest = max(run_round(3) / 3 for name, run_round in run_rounds.items() if name != 'matmul')
-    num_steps = 3 if on_cpu else int(min(max(0.4 / slowest, 5), 100))
+    num_steps = 3 if on_cpu else int(min(max(0.3 / slowest, 5), 100))
   per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
       variant.plain, _RESOLUTION.value)
   seconds = time_rounds(run_rounds, num_steps, _REPEATS.value)
@@ -548,8 +548,10 @@ def main(argv):
     compile_start = time.perf_counter()
     variant.compile_all([(f, m, b) for m in modes for b in sizes for f in formulations_timed],
                         threads)
+    each = [c[2] for c in variant.compiled.values() if not isinstance(c, Exception)]
     print(f'{name}: {len(variant.compiled)} steps compiled in '
-          f'{time.perf_counter() - compile_start:.1f} s ({threads} threads)', flush=True)
+          f'{time.perf_counter() - compile_start:.1f} s ({threads} threads; each '
+          f'{min(each, default=0):.1f}-{max(each, default=0):.1f} s)', flush=True)
     for mode in modes:
       best = {}
       for batch_size in sizes:
