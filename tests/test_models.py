@@ -207,10 +207,10 @@ def test_each_platform_gets_its_measured_formulation_and_others_the_plain_one():
     assert fast.formulation == formulation and fast.num_blocks == plain.num_blocks
 
 
-@pytest.mark.parametrize('name', ['plain', 'cpu'])
-def test_rematerialised_model_gives_the_same_gradients(name):
-  _, model = _plain_and_fast(name)
-  _, remat = _plain_and_fast(name, remat=True)
+def test_rematerialised_model_gives_the_same_gradients():
+  # The CPU formulation: its blocks hold the custom-gradient matmuls that remat recomputes.
+  _, model = _plain_and_fast('cpu')
+  _, remat = _plain_and_fast('cpu', remat=True)
   images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
   params = random_params(model, images)
   grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(
