@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mixer_jax import randaugment, steps
+from mixer_jax import permutations, randaugment, steps
 from mixer_jax.errors import UserError
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
@@ -278,6 +278,8 @@ def train_example(config, position, image_uint8, label):
 
   Recipes with an `augment` block (small images: digits, CIFAR from scratch) resize the whole
   image and shift it; the others take the ImageNet-style Inception crop, flip and RandAugment.
+  A fixed pixel permutation (`input_permutation`, set by studies/permutation.py) comes last, in
+  training and evaluation alike.
   """
   seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(position, tf.int64)])
   if 'augment' in config:
@@ -289,14 +291,17 @@ def train_example(config, position, image_uint8, label):
   else:
     image = train_preprocess(image_uint8, config.image_size, seed, config.randaug_layers,
                              config.randaug_magnitude)
-  return {'image': image, 'label': tf.cast(label, tf.int32)}
+  return {'image': permutations.permute_tf_image(image, config),
+          'label': tf.cast(label, tf.int32)}
 
 
 def eval_image(config, image_uint8):
   """The deterministic evaluation view matching train_example's preprocessing."""
   if 'augment' in config:
-    return to_model_input(image_uint8, config.image_size)
-  return eval_preprocess(image_uint8, config.image_size)
+    image = to_model_input(image_uint8, config.image_size)
+  else:
+    image = eval_preprocess(image_uint8, config.image_size)
+  return permutations.permute_tf_image(image, config)
 
 
 def _tfds_train_dataset(config, start_step, process_index, process_count):
