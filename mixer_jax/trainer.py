@@ -127,10 +127,12 @@ class MetricsLog:
       self.writer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       build=build_model) -> dict[str, Any]:
   """Trains to `config.total_steps`, resuming from the newest checkpoint in `workdir`.
 
-  Returns the final evaluation metrics, also written to `workdir/results.json`.
+  `build(config, num_classes)` makes the model: a Mixer, or a baseline of the studies. Returns
+  the final evaluation metrics, also written to `workdir/results.json`.
   """
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
   data = data_source(config)
   num_classes = data.num_classes(config)
-  model = build_model(config, num_classes)
+  model = build(config, num_classes)
   if factor > 1:
     model = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * factor ** 2)
     logging.info('Fine-tuning at %dx the resolution of %s: token-mixing MLPs expanded to %d '
