@@ -27,7 +27,8 @@ setuptools.setup(
         'scikit-learn',  # the embedded digits data set
     ],
     extras_require={
-        'test': ['pytest'],
+        'test': ['pytest', 'matplotlib'],  # the studies' tests draw their pictures
+        'studies': ['matplotlib'],  # studies/: the paper's analyses as pictures
         'gpu': ['jax[cuda12]'],
         'tpu': ['jax[tpu]'],
     },

@@ -1,0 +1,103 @@
+"""Training curves: loss and accuracy of one or several runs against steps, as a picture.
+
+  python studies/curves.py runs/digits
+  python studies/curves.py runs/permutation/mixer_original runs/permutation/resnet_original --out=runs/compare
+
+Reads each workdir's metrics.jsonl (the trainer writes training loss and accuracy every
+log_every steps, evaluation loss and accuracy every eval_every steps) and writes curves.png (loss
+on a log scale and accuracy, training solid, evaluation dashed, one colour per run) and
+curves.json (per run: last step, last training loss, final and best evaluation accuracy) in --out.
+"""
+import json
+import os
+import sys
+from typing import Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
+
+from mixer_jax.errors import UserError  # noqa: E402
+from studies import study  # noqa: E402
+
+
+def read_metrics(workdir: str) -> dict[str, list[dict]]:
+  """{split: records in step order} from a workdir's metrics.jsonl.
+
+  A step logged twice (a finished run evaluated again on restart) keeps its last record.
+  """
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    raise UserError(f'{workdir} has no metrics.jsonl: give the workdirs of train.py runs.')
+  by_split = {}
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      try:
+        record = json.loads(line)
+        by_split.setdefault(record['split'], {})[record['step']] = record
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f'{path}, line {number}, is not a metrics record ({e}).') from e
+  if not by_split:
+    raise UserError(f'{path} is empty: the run has not logged anything yet.')
+  return {split: [records[s] for s in sorted(records)] for split, records in by_split.items()}
+
+
+def eval_split(metrics: dict[str, list[dict]]) -> str | None:
+  """The run's evaluation split ('test' or 'validation'), None before its first evaluation."""
+  return next((split for split in metrics if split != 'train'), None)
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+  return [r['step'] for r in records if key in r], [r[key] for r in records if key in r]
+
+
+def summary(name: str, metrics: dict[str, list[dict]]) -> dict:
+  """One table row: last step and training loss, final and best evaluation accuracy."""
+  row = {'run': name, 'step': max(r['step'] for records in metrics.values() for r in records)}
+  if metrics.get('train'):
+    row['train_loss'] = metrics['train'][-1]['loss']
+  split = eval_split(metrics)
+  if split:
+    best = max(metrics[split], key=lambda r: r['accuracy'])
+    row.update(eval_split=split, accuracy=metrics[split][-1]['accuracy'],
+               best_accuracy=best['accuracy'], best_step=best['step'])
+  return row
+
+
+def run_names(workdirs: Sequence[str]) -> list[str]:
+  """Folder names, or the whole paths where two folders share a name."""
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  return names if len(set(names)) == len(names) else [os.path.normpath(w) for w in workdirs]
+
+
+def main(argv: Sequence[str]) -> None:
+  def define(values):
+    flags.DEFINE_string('out', '.', 'Folder for curves.png and curves.json.', flag_values=values)
+  values, workdirs = study.parse_flags(argv, __doc__, define, takes_arguments=True)
+  if not workdirs:
+    raise UserError('Give one or more workdirs, e.g. python studies/curves.py runs/digits.')
+  runs = {name: read_metrics(w) for name, w in zip(run_names(workdirs), workdirs)}
+
+  figure = study.new_figure(9, 3.6)
+  loss_ax, accuracy_ax = figure.subplots(1, 2)
+  for i, (name, metrics) in enumerate(runs.items()):
+    colour = f'C{i % 10}'
+    for split, records in metrics.items():
+      style = dict(color=colour, linestyle='-' if split == 'train' else '--',
+                   marker=None if split == 'train' else 'o', markersize=3,
+                   label=f'{name} ({split})')
+      loss_ax.plot(*series(records, 'loss'), **style)
+      accuracy_ax.plot(*series(records, 'accuracy'), **style)
+  loss_ax.set(yscale='log', xlabel='step', ylabel='loss', title='Loss')
+  accuracy_ax.set(xlabel='step', ylabel='accuracy', title='Accuracy')
+  accuracy_ax.legend(fontsize='small')
+  for ax in (loss_ax, accuracy_ax):
+    ax.grid(alpha=0.3)
+
+  rows = [summary(name, metrics) for name, metrics in runs.items()]
+  text = study.format_table(rows, ['run', 'step', 'train_loss', 'eval_split', 'accuracy',
+                                   'best_accuracy', 'best_step'])
+  study.write_outputs(values.out, 'curves', figure, {'runs': rows}, text)
+
+
+if __name__ == '__main__':
+  study.run(main)

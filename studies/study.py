@@ -1,0 +1,113 @@
+"""What the study scripts share: their command line and their outputs.
+
+Each study is one command, `python studies/<name>.py [--flags]`, that ends by writing
+`<out>/<name>.png` and `<out>/<name>.json` and printing its table. Flags live in a FlagValues of
+the study's own, so `main(argv)` can also be called from Python (the tests do). A mistake in
+what was asked for (an unknown flag or option, weights or folders that do not fit) stops it with
+a one-line `error: ...` and exit status 1.
+"""
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from absl import flags
+import matplotlib
+from ml_collections import config_flags
+
+matplotlib.use('Agg')  # files only, no display
+from matplotlib.figure import Figure  # noqa: E402
+
+from mixer_jax.errors import UserError  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, 'configs', 'digits.py')
+DPI = 80  # committed pictures stay small
+
+
+def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValues], None],
+                takes_arguments: bool = False) -> tuple[flags.FlagValues, list[str]]:
+  """(flags defined by `define`, positional arguments) from argv; --help prints `doc` and them."""
+  values = flags.FlagValues()
+  define(values)
+  if any(arg in ('-h', '--help', '--helpfull') for arg in argv[1:]):
+    print(doc.strip() + '\n\nFlags:\n' + values.get_help(include_special_flags=False))
+    sys.exit(0)
+  try:
+    positional = values(list(argv))[1:]
+  except flags.Error as e:
+    raise UserError(f'{e} (--help lists the options).') from e
+  if positional and not takes_arguments:
+    raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the options).')
+  return values, positional
+
+
+def define_recipe(values: flags.FlagValues, argv: Sequence[str]):
+  """--config=configs/<recipe>.py[:arg] (default digits) with --config.<field>=value overrides."""
+  try:
+    config_flags.DEFINE_config_file(
+        'config', DIGITS, 'The recipe to train with (configs/*.py, digits by default); override '
+        'its fields as --config.<field>=value.', flag_values=values, lock_config=False,
+        sys_argv=list(argv))
+  except (AttributeError, KeyError, TypeError) as e:  # an override of a field the recipe lacks
+    raise UserError(f'{e.args[0] if e.args else e}: no such field in the recipe '
+                    '(--help lists the options).') from e
+
+
+def split_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
+  """Comma-separated names, each one of `allowed`."""
+  names = [name for name in text.split(',') if name]
+  unknown = [name for name in names if name not in allowed]
+  if unknown or not names:
+    raise UserError(f'Unknown {what} {", ".join(unknown) or repr(text)}: choose from '
+                    f'{", ".join(allowed)}.')
+  return names
+
+
+def int_list(texts: Sequence[str], flag: str, minimum: int = 1) -> list[int]:
+  """The integers of a list flag, each at least `minimum`."""
+  try:
+    numbers = [int(t) for t in texts]
+  except ValueError:
+    numbers = []
+  if not numbers or min(numbers) < minimum:
+    raise UserError(f'--{flag} takes integers of at least {minimum} separated by commas, not '
+                    f'{",".join(texts)!r}.')
+  return numbers
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+  """Rows as aligned text, floats to 4 significant digits, None as -."""
+  def cell(value):
+    if isinstance(value, (list, tuple)):
+      return ' '.join(map(cell, value))
+    if isinstance(value, float):
+      return f'{value:.4g}'
+    return '-' if value is None else str(value)
+  cells = [list(columns)] + [[cell(row.get(c)) for c in columns] for row in rows]
+  widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+  return '\n'.join('  '.join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def new_figure(width: float, height: float) -> Figure:
+  return Figure(figsize=(width, height), dpi=DPI, layout='constrained')
+
+
+def write_outputs(out_dir: str, name: str, figure: Figure, table: dict[str, Any],
+                  text: str) -> None:
+  """Saves `<name>.png` and `<name>.json` in out_dir and prints `text` and where they went."""
+  os.makedirs(out_dir, exist_ok=True)
+  png, json_path = (os.path.join(out_dir, f'{name}.{ext}') for ext in ('png', 'json'))
+  figure.savefig(png, dpi=DPI)
+  with open(json_path, 'w') as f:
+    json.dump(table, f, indent=2)
+    f.write('\n')
+  print(f'{text}\nWrote {png} and {json_path}', flush=True)
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """main(sys.argv); a UserError ends the process with its message on one line."""
+  try:
+    main(sys.argv)
+  except UserError as e:
+    sys.exit('error: ' + ' '.join(str(e).split()))
