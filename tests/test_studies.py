@@ -4,14 +4,21 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
 from mixer_jax.errors import UserError
-from studies import curves, study
+from studies import curves, permutation, resnet, study
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# A 1-block Mixer on 8x8 digits (patch 2: a 4x4 token grid), 2 steps: seconds per run.
+TINY_RECIPE = ['--config.total_steps=2', '--config.warmup_steps=1', '--config.checkpoint_every=2',
+               '--config.log_every=1', '--config.image_size=8', '--config.model.patch_size=2',
+               '--config.model.num_blocks=1', '--config.model.hidden_dim=16',
+               '--config.model.tokens_mlp_dim=8', '--config.model.channels_mlp_dim=16']
 
 
 def read_png(path, size_inches=None) -> np.ndarray:
@@ -59,3 +66,78 @@ def test_a_folder_without_metrics_stops_the_command_with_one_line(tmp_path):
   (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "split": "train"}\nnot json\n')
   with pytest.raises(UserError, match=r'metrics.jsonl, line 2, is not a metrics record'):
     curves.main(['curves.py', str(tmp_path)])
+
+
+# --- Input permutations (section 3.4) ---
+
+@pytest.fixture(scope='module')
+def permutation_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('permutation')
+  permutation.main(['permutation.py', f'--workdir={workdir}', *TINY_RECIPE, '--resnet_width=4',
+                    '--resnet_stage_sizes=1', '--seed=3', '--permutations=original,global'])
+  return workdir
+
+
+def test_permutation_study_trains_each_model_on_each_permutation(permutation_workdir):
+  table = read_json(permutation_workdir / 'permutation.json')
+  rows = {(r['model'], r['permutation']): r for r in table['results']}
+  assert set(rows) == {(m, k) for m in ('mixer', 'resnet') for k in ('original', 'global')}
+  for (model, kind), row in rows.items():
+    run = permutation_workdir / f'{model}_{kind}'
+    assert row['accuracy'] == read_json(run / 'results.json')['test_accuracy']
+    config = read_json(run / 'config.json')
+    assert config['input_permutation'] == {'kind': kind, 'patch_size': 2, 'seed': 3}
+    original = rows[model, 'original']['accuracy']
+    assert row['relative_drop'] == pytest.approx((original - row['accuracy']) / original)
+  check = table['weight_permutation_check']
+  assert check['max_abs_logit_difference'] <= 1e-5 * max(1.0, check['max_abs_logit'])
+  assert check['same_predictions']
+  assert check['accuracy_patch_pixel_weights_permuted'] == check['accuracy_original']
+  read_png(permutation_workdir / 'permutation.png', (8, 6))
+
+
+def test_shuffling_only_at_test_time_reuses_the_original_runs(permutation_workdir):
+  steps_before = sorted(p.name for p in (permutation_workdir / 'mixer_original' / 'checkpoints').iterdir())
+  permutation.main(['permutation.py', f'--workdir={permutation_workdir}', *TINY_RECIPE,
+                    '--resnet_width=4', '--resnet_stage_sizes=1', '--seed=3', '--shuffle=test_only',
+                    '--permutations=original,patch_pixel,global'])
+  assert sorted(p.name for p in (permutation_workdir / 'mixer_original' / 'checkpoints').iterdir()) == steps_before
+  rows = {(r['model'], r['test_images']): r for r in
+          read_json(permutation_workdir / 'permutation_test_only.json')['results']}
+  for model in ('mixer', 'resnet'):
+    trained = read_json(permutation_workdir / f'{model}_original' / 'results.json')
+    assert rows[model, 'original']['accuracy'] == trained['test_accuracy']
+  # Its weights permuted, the trained Mixer classifies patch_pixel images as it did the originals.
+  assert rows['mixer, weights permuted', 'patch_pixel']['accuracy'] == rows['mixer', 'original']['accuracy']
+  read_png(permutation_workdir / 'permutation_test_only.png', (8, 4.2))
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--permutations=original,rotate', 'Unknown permutation rotate: choose from original, patch_pixel, global'),
+    ('--models=mixer,vgg', 'Unknown model vgg: choose from mixer, resnet'),
+    ('--shuffle=sometimes', 'Unknown shuffle sometimes: choose from train_and_test, test_only'),
+    ('--colour=red', "Unknown command line flag 'colour'"),
+    ('--config.model.depth=3', 'no such field in the recipe'),
+])
+def test_unknown_study_options_are_one_line_errors(tmp_path, flag, message):
+  with pytest.raises(UserError, match=message) as error:
+    permutation.main(['permutation.py', f'--workdir={tmp_path}', flag])
+  assert '\n' not in str(error.value)
+  assert not list(tmp_path.iterdir())  # nothing trained
+
+
+def test_resnet_is_pre_activation_with_standardised_weights():
+  model = resnet.ResNet(num_classes=3, stage_sizes=(1, 1), width=8)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
+  assert set(shapes) == {'stem', 'stage0_unit0', 'stage1_unit0', 'pre_head_norm', 'head'}
+  assert 'proj' in shapes['stage1_unit0'] and 'proj' not in shapes['stage0_unit0']
+  # Scaling or shifting a filter does not change the function: convolutions standardise them.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+  changed = jax.tree.map(np.copy, params)
+  changed['stage1_unit0']['StdConv_0']['kernel'] = 5 * params['stage1_unit0']['StdConv_0']['kernel'] + 2
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  images = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+  np.testing.assert_allclose(apply(changed, images), apply(params, images), rtol=1e-4, atol=1e-4)
+  changed['stage1_unit0']['StdConv_1']['kernel'] = params['stage1_unit0']['StdConv_1']['kernel'][..., ::-1]
+  assert np.abs(apply(changed, images) - apply(params, images)).max() > 1e-2
