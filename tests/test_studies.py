@@ -1,5 +1,6 @@
 """studies/: every study end to end at a tiny size, and its numbers against independent references."""
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -7,11 +8,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from matplotlib import image as mpimg
 
+from mixer_jax import checkpoints, models
 from mixer_jax.errors import UserError
-from studies import curves, permutation, resnet, study
+from studies import curves, permutation, resnet, study, weights
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A 1-block Mixer on 8x8 digits (patch 2: a 4x4 token grid), 2 steps: seconds per run.
@@ -141,3 +144,96 @@ def test_resnet_is_pre_activation_with_standardised_weights():
   np.testing.assert_allclose(apply(changed, images), apply(params, images), rtol=1e-4, atol=1e-4)
   changed['stage1_unit0']['StdConv_1']['kernel'] = params['stage1_unit0']['StdConv_1']['kernel'][..., ::-1]
   assert np.abs(apply(changed, images) - apply(params, images)).max() > 1e-2
+
+
+# --- Weight pictures (section 3.5) ---
+
+def sinusoid_units(grid: int, frequencies, rng) -> tuple[np.ndarray, list[float]]:
+  """Units (grid^2, 2F): each cosine of a random phase and its negative, columns shuffled."""
+  r, c = np.meshgrid(np.arange(grid), np.arange(grid), indexing='ij')
+  units, radii = [], []
+  for fr, fc in frequencies:
+    wave = np.cos(2 * np.pi * (fr * r + fc * c) / grid + rng.uniform(0, 2 * np.pi)).ravel()
+    units += [wave, -wave + 0.01 * rng.standard_normal(wave.shape)]
+    radii += [math.hypot(fr, fc) / grid] * 2
+  shuffle = rng.permutation(len(units))
+  return np.stack(units, axis=1)[:, shuffle], [radii[i] for i in shuffle]
+
+
+def test_units_sort_by_spatial_frequency_and_pair_with_their_opposites():
+  rng = np.random.default_rng(0)
+  grid = 8
+  kernel, radii = sinusoid_units(grid, [(3, 3), (0, 1), (2, 1), (1, 1), (0, 3), (2, 2)], rng)
+  frequency = weights.spectral_frequency(kernel.reshape(grid, grid, -1))
+  np.testing.assert_allclose(frequency, radii, atol=2e-3)  # cycles per token of each cosine
+  assert weights.spectral_frequency(np.ones((grid, grid, 1)))[0] == 0
+
+  found = weights.order_and_pairs(kernel, grid)
+  assert sorted(found['order']) == list(range(kernel.shape[1]))
+  shown = [radii[u] for u in found['order']]
+  assert shown == sorted(shown)  # low to high frequency
+  for a, b, correlation in found['pairs']:  # each cosine beside its own negative
+    assert radii[a] == radii[b] and correlation < -0.99
+    assert np.corrcoef(kernel[:, a], kernel[:, b])[0, 1] == pytest.approx(correlation)
+  assert [u for pair in found['pairs'] for u in pair[:2]] == found['order']
+  assert found['mutual_fraction'] == 1.0
+
+
+@pytest.fixture(scope='module')
+def tiny_mixer_params():
+  model = models.MlpMixer(num_classes=10, num_blocks=2, patch_size=2, hidden_dim=8,
+                          tokens_mlp_dim=6, channels_mlp_dim=8)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+
+
+def weights_in(form: str, params, folder: pathlib.Path) -> str:
+  """The same parameters as an official .npz, timm safetensors or an orbax workdir."""
+  if form == 'npz':
+    checkpoints.save_npz(params, folder / 'mixer.npz')
+    return str(folder / 'mixer.npz')
+  if form == 'timm':
+    safetensors = pytest.importorskip('safetensors.numpy')
+    safetensors.save_file(checkpoints.to_timm(params), str(folder / 'mixer.safetensors'))
+    return str(folder / 'mixer.safetensors')
+  with ocp.CheckpointManager(folder / 'run' / 'checkpoints',
+                             item_handlers=ocp.StandardCheckpointHandler()) as manager:
+    manager.save(1, args=ocp.args.StandardSave({'params': params}))
+  return str(folder / 'run')
+
+
+@pytest.mark.parametrize('form', ['npz', 'timm', 'orbax'])
+def test_weight_pictures_read_every_checkpoint_format(tmp_path, tiny_mixer_params, form):
+  path = weights_in(form, tiny_mixer_params, tmp_path)
+  weights.main(['weights.py', f'--weights={path}', '--blocks=0,1,5', '--stem_units=0',
+                f'--out={tmp_path}'])
+  table = read_json(tmp_path / 'weights.json')
+  assert set(table['blocks']) == {'MixerBlock_0', 'MixerBlock_1'}  # block 5 does not exist
+  for name, block in table['blocks'].items():
+    kernel = tiny_mixer_params[name]['token_mixing']['Dense_0']['kernel']
+    expected = weights.order_and_pairs(kernel.astype(np.float64), 4)
+    assert block['order'] == expected['order'] and block['pairs'] == expected['pairs']
+    assert block['grid'] == 4 and block['units'] == 6
+  pixels = read_png(tmp_path / 'weights.png')
+  assert pixels.shape[1] == 10 * study.DPI
+
+
+def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, tiny_mixer_params):
+  bad = {**tiny_mixer_params, 'MixerBlock_0': {
+      **tiny_mixer_params['MixerBlock_0'],
+      'token_mixing': {'Dense_0': {'kernel': np.zeros((15, 6)), 'bias': np.zeros(6)}}}}
+  checkpoints.save_npz(bad, tmp_path / 'bad.npz')
+  no_stem = {k: v for k, v in tiny_mixer_params.items() if k != 'stem'}
+  checkpoints.save_npz(no_stem, tmp_path / 'no_stem.npz')
+  for arguments, message in [
+      ([f'--weights={tmp_path}/bad.npz'], r'kernel has shape \(15, 6\): expected \(tokens, hidden '
+                                           r'units\) with a square number of tokens'),
+      ([f'--weights={tmp_path}/no_stem.npz'], r'stem/kernel has shape \(0,\)'),
+      ([f'--weights={tmp_path}/bad.npz', '--blocks=4'], 'no block among 4: they have 2 blocks'),
+      ([f'--weights={tmp_path}/missing.npz'], 'does not exist'),
+      ([f'--weights={tmp_path}/bad.npz', '--blocks=first'], '--blocks takes integers of at least 0'),
+  ]:
+    with pytest.raises(UserError, match=message) as error:
+      weights.main(['weights.py', *arguments, f'--out={tmp_path}'])
+    assert '\n' not in str(error.value)
