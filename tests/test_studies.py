@@ -14,7 +14,7 @@ from matplotlib import image as mpimg
 
 from mixer_jax import checkpoints, models
 from mixer_jax.errors import UserError
-from studies import curves, permutation, resnet, study, weights
+from studies import curves, permutation, resnet, scaling, study, vit, weights
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A 1-block Mixer on 8x8 digits (patch 2: a 4x4 token grid), 2 steps: seconds per run.
@@ -237,3 +237,83 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, tiny_mixer_params
     with pytest.raises(UserError, match=message) as error:
       weights.main(['weights.py', *arguments, f'--out={tmp_path}'])
     assert '\n' not in str(error.value)
+
+
+# --- Token-count scaling (section 2) ---
+
+def mixer_macs(c, blocks, patch, d_s, d_c, resolution, classes=1000) -> int:
+  """Multiply-adds by hand: patch embedding, per block two token and two channel Dense, head."""
+  s = (resolution // patch) ** 2
+  return s * patch * patch * 3 * c + blocks * (c * (s * d_s + d_s * s) + s * (c * d_c + d_c * c)) + c * classes
+
+
+def vit_macs(c, blocks, patch, mlp, resolution, classes=1000) -> int:
+  """Multiply-adds by hand: patch embedding, per block Q, K, V, QK^T, AV, output, MLP, head."""
+  s = (resolution // patch) ** 2
+  n = s + 1
+  per_block = 3 * n * c * c + n * n * c + n * n * c + n * c * c + n * c * mlp + n * mlp * c
+  return s * patch * patch * 3 * c + blocks * per_block + c * classes
+
+
+def scaling_flags(*arguments):
+  return study.parse_flags(['scaling.py', *arguments], '', scaling.define_flags)[0]
+
+
+def test_scaling_flops_of_b16_are_the_hand_count_and_the_published_figures():
+  values = scaling_flags('--variant=B/16')
+  # Forward GMACs at 224/448/896 px (MIXER_NOTES section 10, from the paper's sizes).
+  published = {'Mixer, D_S fixed': (12.6, 50.4, 201.6), 'Mixer, D_S grown': (12.6, 67.1, 534.6),
+               'ViT': (17.6, 78.5, 449.7)}
+  for i, resolution in enumerate((224, 448, 896)):
+    built = scaling.build_models(values, resolution)
+    grown_d_s = 384 * (resolution // 224) ** 2
+    assert built['Mixer, D_S grown'][0].tokens_mlp_dim == grown_d_s
+    hand = {'Mixer, D_S fixed': mixer_macs(768, 12, 16, 384, 3072, resolution),
+            'Mixer, D_S grown': mixer_macs(768, 12, 16, grown_d_s, 3072, resolution),
+            'ViT': vit_macs(768, 12, 16, 3072, resolution)}
+    for name, (_, flops) in built.items():
+      assert flops == 2 * hand[name], name
+      assert flops / 2e9 == pytest.approx(published[name][i], abs=0.06), (name, resolution)
+
+
+def test_vit_flops_match_xla_cost_analysis():
+  model = vit.ViT(num_classes=10, patch_size=4, hidden_dim=64, num_layers=2, num_heads=2, mlp_dim=256)
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)['params']
+  cost = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(params, images).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  # XLA also counts softmax, LayerNorm, GELU and the adds, a few percent at this small width.
+  assert 1.0 <= cost['flops'] / vit.forward_flops(model, 32) < 1.1
+
+
+def test_scaling_study_times_three_models_and_plots_them(tmp_path):
+  scaling.main(['scaling.py', '--variant=S/32', '--width=32', '--depth=1', '--resolutions=128,64',
+                '--base_resolution=64', '--batch_sizes=1', '--steps=1', '--repeats=1',
+                f'--out={tmp_path}'])
+  table = read_json(tmp_path / 'scaling.json')
+  rows = {(r['model'], r['resolution']): r for r in table['results']}
+  assert set(rows) == {(m, r) for m in scaling.NAMES for r in (64, 128)}
+  # S/32 shrunk to C=32: D_S 16, D_C 128; the grown Mixer's D_S follows the 4x tokens at 128 px.
+  assert rows['Mixer, D_S fixed', 128]['tokens_mlp_dim'] == 16
+  assert rows['Mixer, D_S grown', 128]['tokens_mlp_dim'] == 64
+  for r in (64, 128):
+    assert rows['Mixer, D_S fixed', r]['gflops_per_image'] * 1e9 == 2 * mixer_macs(32, 1, 32, 16, 128, r)
+    assert rows['Mixer, D_S grown', r]['gflops_per_image'] * 1e9 == pytest.approx(
+        2 * mixer_macs(32, 1, 32, 16 * (r // 64) ** 2, 128, r))
+    assert rows['ViT', r]['gflops_per_image'] * 1e9 == pytest.approx(2 * vit_macs(32, 1, 32, 128, r))
+  for row in table['results']:
+    assert row['best_batch'] == 1 and row['images_per_sec'] > 0
+  for growth in table['growth']:
+    small, large = rows[growth['model'], 64], rows[growth['model'], 128]
+    assert growth['time_exponent'] == pytest.approx(
+        math.log(small['images_per_sec'] / large['images_per_sec']) / math.log(4))
+  read_png(tmp_path / 'scaling.png', (9, 3.8))
+
+
+def test_scaling_options_that_cannot_work_are_one_line_errors(tmp_path):
+  for arguments, message in [(['--resolutions=224,abc'], '--resolutions takes integers of at least 1'),
+                             (['--variant=Q/7'], "Unknown Mixer variant 'Q/7'"),
+                             (['--resolutions=100'], 'Resolution 100 is not a multiple of the patch size 16'),
+                             (['--dtype=int8'], 'Unknown --dtype=int8')]:
+    with pytest.raises(UserError, match=message):
+      scaling.main(['scaling.py', *arguments, f'--out={tmp_path}'])
