@@ -14,7 +14,7 @@ from matplotlib import image as mpimg
 
 from mixer_jax import checkpoints, models
 from mixer_jax.errors import UserError
-from studies import curves, permutation, resnet, scaling, study, vit, weights
+from studies import curves, from_scratch, permutation, resnet, scaling, study, vit, weights
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A 1-block Mixer on 8x8 digits (patch 2: a 4x4 token grid), 2 steps: seconds per run.
@@ -317,3 +317,45 @@ def test_scaling_options_that_cannot_work_are_one_line_errors(tmp_path):
                              (['--dtype=int8'], 'Unknown --dtype=int8')]:
     with pytest.raises(UserError, match=message):
       scaling.main(['scaling.py', *arguments, f'--out={tmp_path}'])
+
+
+# --- Mixers against ResNets from scratch, over seeds ---
+
+def resnet_params(units: int, width: int, classes: int) -> int:
+  """By hand: stem conv with bias; per unit two GroupNorms, two bias-free 3x3 convs, a 1x1
+  projection where the shape changes; the head's GroupNorm and Dense."""
+  total, channels = 3 * 3 * 3 * width + width, width
+  for stage in range(3):
+    out = width * 2 ** stage
+    for unit in range(units):
+      total += 2 * channels + 9 * channels * out + 2 * out + 9 * out * out
+      total += channels * out if channels != out or (stage and not unit) else 0
+      channels = out
+  return total + 2 * channels + channels * classes + classes
+
+
+def test_from_scratch_study_repeats_each_model_over_seeds(tmp_path):
+  arguments = ['from_scratch.py', f'--workdir={tmp_path}', *TINY_RECIPE, '--mixers=1x8',
+               '--resnets=', '--seeds=0,1']
+  from_scratch.main(arguments)  # ResNets train in the permutation study's test
+  rows = {r['model']: r for r in read_json(tmp_path / 'from_scratch.json')['results']}
+  # The recipe's ratios D_S = C/2 and D_C = C; 16 tokens of 2x2x3 pixels; 10 classes.
+  mixer_params = lambda blocks, c: (12 * c + c) + blocks * (
+      2 * c + (16 * c // 2 + c // 2) + (c // 2 * 16 + 16) + 2 * c + 2 * (c * c + c)) + 2 * c + 10 * c + 10
+  assert rows['mixer_1x8']['params'] == mixer_params(1, 8) == 534
+  for name, row in rows.items():
+    runs = [read_json(tmp_path / f'{name}_seed{seed}' / 'results.json')['test_accuracy']
+            for seed in (0, 1)]
+    assert row['accuracies'] == runs
+    assert row['mean'] == pytest.approx(np.mean(runs))
+    assert row['std'] == pytest.approx(np.std(runs, ddof=1))
+  seeds = [read_json(tmp_path / f'mixer_1x8_seed{s}' / 'config.json')['seed'] for s in (0, 1)]
+  assert seeds == [0, 1]
+  read_png(tmp_path / 'from_scratch.png', (7, 4.2))
+
+  values, _ = study.parse_flags(arguments[:-3] + ['--mixers=2x4', '--resnets=1x4,2x8'], '',
+                                lambda v: from_scratch.define_flags(v, arguments))
+  built = from_scratch.model_configs(values.config, values)
+  assert from_scratch.parameter_count(*built['mixer_2x4']) == mixer_params(2, 4)
+  for spec, (units, width) in (('1x4', (1, 4)), ('2x8', (2, 8))):
+    assert from_scratch.parameter_count(*built[f'resnet_{spec}']) == resnet_params(units, width, 10)
