@@ -103,7 +103,7 @@ def plot(rows: list[dict], recipe):
 def main(argv: Sequence[str]) -> None:
   values, _ = study.parse_flags(argv, __doc__, lambda v: define_flags(v, argv))
   seeds = study.int_list(values.seeds, 'seeds', minimum=0)
-  recipe = values.config
+  recipe = study.recipe(values)
   rows = []
   for name, (config, build) in model_configs(recipe, values).items():
     accuracies = []

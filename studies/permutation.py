@@ -216,7 +216,7 @@ def main(argv: Sequence[str]) -> None:
   models = study.split_list(values.models, list(BUILDERS), 'model')
   kinds = study.split_list(values.permutations, permutations.KINDS, 'permutation')
   [shuffle] = study.split_list(values.shuffle, SHUFFLES, 'shuffle')
-  recipe = values.config
+  recipe = study.recipe(values)
   patch_size = trainer.build_model(recipe, 1).patch_size  # patch_pixel uses the Mixer's patches
   figure, rows, check, text = (train_and_test if shuffle == 'train_and_test' else test_only)(
       values, recipe, models, kinds, patch_size)

@@ -36,7 +36,10 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
   try:
     positional = values(list(argv))[1:]
   except flags.Error as e:
-    raise UserError(f'{e} (--help lists the options).') from e
+    message = str(e)
+    if 'Traceback' in message:  # a recipe's get_config refused its argument: its last line says why
+      message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
+    raise UserError(f'{message} (--help lists the options).') from e
   if positional and not takes_arguments:
     raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the options).')
   return values, positional
@@ -50,8 +53,19 @@ def define_recipe(values: flags.FlagValues, argv: Sequence[str]):
         'its fields as --config.<field>=value.', flag_values=values, lock_config=False,
         sys_argv=list(argv))
   except (AttributeError, KeyError, TypeError) as e:  # an override of a field the recipe lacks
-    raise UserError(f'{e.args[0] if e.args else e}: no such field in the recipe '
+    field = str(e.args[0] if e.args else e).strip('\'"')
+    named = [arg.split('=')[0] for arg in argv
+             if arg.startswith('--config.') and arg.split('=')[0].endswith(f'.{field}')]
+    raise UserError(f'{", ".join(named) or field}: no such field in the recipe '
                     '(--help lists the options).') from e
+
+
+def recipe(values: flags.FlagValues):
+  """The parsed --config; a recipe file that cannot be loaded is a UserError."""
+  try:
+    return values.config.copy_and_resolve_references()
+  except OSError as e:  # config_flags defers a failed load to the first use
+    raise UserError(f'Cannot load the recipe: {str(e).strip().splitlines()[-1].strip()}.') from e
 
 
 def split_list(text: str, allowed: Sequence[str], what: str) -> list[str]:

@@ -120,7 +120,8 @@ def test_shuffling_only_at_test_time_reuses_the_original_runs(permutation_workdi
     ('--models=mixer,vgg', 'Unknown model vgg: choose from mixer, resnet'),
     ('--shuffle=sometimes', 'Unknown shuffle sometimes: choose from train_and_test, test_only'),
     ('--colour=red', "Unknown command line flag 'colour'"),
-    ('--config.model.depth=3', 'no such field in the recipe'),
+    ('--config.model.depth=3', '--config.model.depth: no such field in the recipe'),
+    ('--config=configs/no_such_recipe.py', 'Cannot load the recipe: .* No such file'),
 ])
 def test_unknown_study_options_are_one_line_errors(tmp_path, flag, message):
   with pytest.raises(UserError, match=message) as error:
