@@ -82,30 +82,29 @@ def replicated_state(model, params, mesh) -> train_state.TrainState:
   return jax.device_put(state, NamedSharding(mesh, P()))
 
 
-def first_eval_batch(config) -> dict[str, np.ndarray]:
-  batch = next(input_pipeline.create_eval_dataset(config, config.eval_split, 0, 1)
-               .as_numpy_iterator())
-  keep = batch['mask'] > 0
-  return {'image': batch['image'][keep], 'label': batch['label'][keep]}
-
-
 def weight_permutation_check(config, params) -> dict:
-  """The Mixer `params` on original images against its permuted weights on patch_pixel images.
+  """The trained Mixer `params` on the original evaluation images against, on the same images
+  permuted patch_pixel-wise, its permuted weights (the same logits) and its own (test-time shuffle).
 
-  Also the same weights unpermuted on patch_pixel images: shuffling only at test time.
+  `config` is the run's config with the original data; its permutation block gives the seed.
   """
   spec = config.input_permutation
   patches, pixels = permutations.patch_pixel_orders(config.image_size, spec.patch_size, spec.seed)
   order = permutations.pixel_order('patch_pixel', config.image_size, spec.patch_size, spec.seed)
-  batch = first_eval_batch(config)
+  permuted_params = permutations.permute_mixer_params(params, patches, pixels)
   model = trainer.build_model(config, input_pipeline.num_classes(config))
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  logits = np.asarray(apply(params, batch['image']))
-  shuffled = permutations.permute(batch['image'], order)
-  absorbed = np.asarray(apply(permutations.permute_mixer_params(params, patches, pixels), shuffled))
-  unabsorbed = np.asarray(apply(params, shuffled))
-  accuracy = lambda l: float(np.mean(l.argmax(-1) == batch['label']))
-  return {'images': len(batch['label']),
+  logits, absorbed, unabsorbed, labels = [], [], [], []
+  for batch in input_pipeline.create_eval_dataset(config, config.eval_split, 0, 1).as_numpy_iterator():
+    keep = batch['mask'] > 0
+    shuffled = permutations.permute(batch['image'], order)
+    logits.append(np.asarray(apply(params, batch['image']))[keep])
+    absorbed.append(np.asarray(apply(permuted_params, shuffled))[keep])
+    unabsorbed.append(np.asarray(apply(params, shuffled))[keep])
+    labels.append(batch['label'][keep])
+  logits, absorbed, unabsorbed, labels = map(np.concatenate, (logits, absorbed, unabsorbed, labels))
+  accuracy = lambda l: float(np.mean(l.argmax(-1) == labels))
+  return {'images': len(labels),
           'max_abs_logit': float(np.abs(logits).max()),
           'max_abs_logit_difference': float(np.abs(absorbed - logits).max()),
           'same_predictions': bool(np.all(absorbed.argmax(-1) == logits.argmax(-1))),
@@ -136,7 +135,9 @@ def plot_examples(figure, grid, configs: dict[str, ml_collections.ConfigDict]) -
   """One evaluation image per permutation, on the first row of `grid`."""
   for i, (kind, config) in enumerate(configs.items()):
     ax = figure.add_subplot(grid[0, i])
-    ax.imshow((first_eval_batch(config)['image'][0] + 1) / 2, interpolation='nearest')
+    batch = next(input_pipeline.create_eval_dataset(config, config.eval_split, 0, 1)
+                 .as_numpy_iterator())
+    ax.imshow((batch['image'][0] + 1) / 2, interpolation='nearest')
     ax.set(title=kind, xticks=[], yticks=[])
 
 
@@ -151,7 +152,7 @@ def train_and_test(values, recipe, models, kinds, patch_size) -> tuple:
                    'accuracy': results[f'{recipe.eval_split}_accuracy']})
     if model == 'mixer' and 'original' in kinds:
       params = checkpoints.load_params(os.path.join(values.workdir, 'mixer_original'))
-      check = weight_permutation_check(run_config(recipe, values, 'patch_pixel', patch_size), params)
+      check = weight_permutation_check(run_config(recipe, values, 'original', patch_size), params)
 
   figure = study.new_figure(8, 6)
   grid = figure.add_gridspec(2, len(kinds), height_ratios=[1, 2.4])
@@ -186,8 +187,8 @@ def test_only(values, recipe, models, kinds, patch_size) -> tuple:
       rows.append({'model': model, 'test_images': kind,
                    'accuracy': trainer.evaluate(eval_step, state, config, mesh)['accuracy']})
     if model == 'mixer' and 'patch_pixel' in kinds:
+      check = weight_permutation_check(run_config(recipe, values, 'original', patch_size), params)
       config = run_config(recipe, values, 'patch_pixel', patch_size)
-      check = weight_permutation_check(config, params)
       permuted = permutations.permute_mixer_params(params, *permutations.patch_pixel_orders(
           config.image_size, patch_size, values.seed))
       rows.append({'model': 'mixer, weights permuted', 'test_images': 'patch_pixel',
@@ -200,8 +201,10 @@ def test_only(values, recipe, models, kinds, patch_size) -> tuple:
   width = 0.8 / len(names)
   for i, name in enumerate(names):
     mine = [row for row in rows if row['model'] == name]
-    ax.bar([kinds.index(row['test_images']) + (i - (len(names) - 1) / 2) * width for row in mine],
-           [row['accuracy'] for row in mine], width, label=name, color=f'C{i}')
+    bars = ax.bar([kinds.index(row['test_images']) + (i - (len(names) - 1) / 2) * width
+                   for row in mine], [row['accuracy'] for row in mine], width, label=name,
+                  color=f'C{i}')
+    ax.bar_label(bars, fmt='%.3f', fontsize='small')
   ax.set(xticks=range(len(kinds)), xticklabels=kinds, ylim=(0, 1), ylabel='test accuracy',
          title='Trained on the originals, shuffled only at test time')
   ax.legend(fontsize='small')

@@ -93,6 +93,8 @@ def test_permutation_study_trains_each_model_on_each_permutation(permutation_wor
     original = rows[model, 'original']['accuracy']
     assert row['relative_drop'] == pytest.approx((original - row['accuracy']) / original)
   check = table['weight_permutation_check']
+  assert check['images'] == 360  # the whole test split
+  assert check['accuracy_original'] == rows['mixer', 'original']['accuracy']
   assert check['max_abs_logit_difference'] <= 1e-5 * max(1.0, check['max_abs_logit'])
   assert check['same_predictions']
   assert check['accuracy_patch_pixel_weights_permuted'] == check['accuracy_original']
