@@ -14,7 +14,10 @@ the mean-subtracted map, in cycles per token (0 to 0.71). Each unit is followed 
 the unit most anti-correlated with it (greedily, in frequency order, among units not yet shown),
 so opposite pairs sit side by side. The stem's kernels are drawn as P x P RGB tiles. Writes
 weights.png and weights.json (per block: the display order, frequencies, pairs with their
-correlations, each unit's most anti-correlated unit) in --out.
+correlations, each unit's most anti-correlated unit) in --out. The printed table gives per block
+the median frequency, the median correlation within pairs and the fraction of units that are
+each other's most anti-correlated unit, each beside the same statistic of Gaussian noise of the
+block's shape: what an untrained layer shows.
 """
 import math
 import os
@@ -154,7 +157,7 @@ def main(argv: Sequence[str]) -> None:
     mosaics[b] = (mosaic(unit_maps(kernel, grid, shown), columns), len(shown))
     noise = np.random.default_rng(b).standard_normal(kernel.shape)
     results[f'MixerBlock_{b}'] = {'grid': grid, 'units': kernel.shape[1], **found,
-                                  'random_baseline': order_and_pairs(noise, grid)}
+                                  'random_baseline': summary(order_and_pairs(noise, grid))}
   tiles = stem_tiles(stem, values.stem_units or stem.shape[-1])
 
   heights = [m.shape[0] / m.shape[1] * 10 for m, _ in mosaics.values()]
@@ -175,7 +178,7 @@ def main(argv: Sequence[str]) -> None:
     ax.axis('off')
 
   rows = [{'block': name, 'grid': f'{r["grid"]}x{r["grid"]}', 'units': r['units'],
-           **summary(r), **{f'random_{k}': v for k, v in summary(r['random_baseline']).items()}}
+           **summary(r), **{f'random_{k}': v for k, v in r['random_baseline'].items()}}
           for name, r in results.items()]
   text = study.format_table(rows, list(rows[0])) + (
       '\nrandom_*: the same statistics of Gaussian noise of the same shape (an untrained layer), '
