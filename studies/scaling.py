@@ -8,7 +8,8 @@ device) and counts forward FLOPs (analytic: matmuls, 2 per multiply-add) of thre
 same width, depth and patch size (--variant, with --width and --depth to shrink it) at each of
 --resolutions: a Mixer with the token-MLP width D_S fixed; a Mixer with D_S grown in proportion
 to the token count, as the paper's Appendix C does when fine-tuning at a higher resolution
-(D_S x S / S at --base_resolution); and a plain ViT (studies/vit.py: heads of 64 channels, MLP
+(D_S x S / S at --base_resolution), both in the formulation the trainer runs on this platform
+(mixer_jax.formulations); and a plain ViT (studies/vit.py: heads of 64 channels, MLP
 width D_C). The models take turns in the same timing rounds (benchmarks/throughput.py's
 local_rounds and time_rounds). Writes scaling.png (log-log: images/s and GFLOPs per image
 against tokens) and scaling.json in --out, and prints each model's growth exponent between the
@@ -27,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402
-from mixer_jax import flops, host, models  # noqa: E402
+from mixer_jax import flops, formulations, host, models  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 from studies import study, vit  # noqa: E402
 
@@ -74,7 +75,8 @@ def build_models(values, resolution: int) -> dict[str, tuple]:
       raise UserError(f'Resolution {r} is not a multiple of the patch size {p}.')
   growth = (resolution // p) ** 2 / (values.base_resolution // p) ** 2
   dtype = jnp.dtype(values.dtype)
-  fixed = models.MlpMixer(num_classes=1000, dtype=dtype, **sizes)
+  # The formulation the trainer runs on this platform: the same function, timed at its fastest.
+  fixed = formulations.for_platform(models.MlpMixer(num_classes=1000, dtype=dtype, **sizes))
   grown = fixed.clone(tokens_mlp_dim=max(1, round(sizes['tokens_mlp_dim'] * growth)))
   transformer = vit.ViT(num_classes=1000, patch_size=p, hidden_dim=sizes['hidden_dim'],
                         num_layers=sizes['num_blocks'], num_heads=max(1, sizes['hidden_dim'] // 64),
