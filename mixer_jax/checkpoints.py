@@ -14,7 +14,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
-from flax.training import checkpoints as flax_checkpoints
 
 from mixer_jax import paths
 from mixer_jax.errors import UserError
@@ -111,6 +110,8 @@ def load_npz(path) -> dict[str, Any]:
 
 def _from_pre_linen(params):
   """Renames `Mixer/encoderblock_{i}/..._mixing_phase_0/{kernel1,...}` etc. to linen names."""
+  # Imported here: it imports TensorFlow, seconds that every start of train.py would wait.
+  from flax.training import checkpoints as flax_checkpoints
   params = flax_checkpoints.convert_pre_linen(params)  # LayerNorm_0, LayerNorm_2 -> _0, _1
   mixer = dict(params.pop('Mixer'))
   out = {'stem': params.pop('embedding'), 'pre_head_layer_norm': mixer.pop('encoder_norm'),
