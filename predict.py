@@ -25,16 +25,17 @@ _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.'
 
 
 def classify(params, image_files: list[str]) -> np.ndarray:
-  """Class probabilities (len(image_files), classes) at the resolution the weights were trained at."""
+  """Class probabilities (len(image_files), classes) at the weights' training resolution."""
   kwargs = checkpoints.model_kwargs(params)
   resolution = kwargs.pop('resolution')
   model = models.MlpMixer(**kwargs)
   images = []
   for path in image_files:
+    if not paths.resolve(path).is_file():
+      raise UserError(f'{path} is not a file: give JPEG, PNG, GIF or BMP files.')
     try:
       image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-            tf.errors.FailedPreconditionError) as e:  # the last: a folder
+    except tf.errors.InvalidArgumentError as e:
       raise UserError(f'Cannot read {path} as an image ({e.message.splitlines()[0]}): give '
                       'JPEG, PNG, GIF or BMP files.') from e
     images.append(input_pipeline.to_model_input(image, resolution).numpy())

@@ -126,8 +126,8 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
                          (f'file(s) without an image extension ({", ".join(IMAGE_EXTENSIONS)})',
                           ignored)):
     if found:
-      logging.warning('Skipped %d %s in %s: %s%s', len(found), problem,
-                      os.path.join(root, split), ', '.join(found[:5]), ' ...' if len(found) > 5 else '')
+      logging.warning('Skipped %d %s in %s: %s%s', len(found), problem, os.path.join(root, split),
+                      ', '.join(found[:5]), ' ...' if len(found) > 5 else '')
   if not image_paths:
     raise UserError(f'{os.path.join(root, split)} holds no readable images. {layout}')
   return Split(np.array(image_paths), np.array(labels, np.int32), num_classes=len(classes))
@@ -171,7 +171,8 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
   try:
     return tfds.load(
         name, split=tfds.even_splits(tfds_split, n=process_count)[process_index],
-        data_dir=str(paths.resolve(config.data_dir)) if config.data_dir else None, download=False, with_info=True, as_supervised=True,
+        data_dir=str(paths.resolve(config.data_dir)) if config.data_dir else None,
+        download=False, with_info=True, as_supervised=True,
         shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
         decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
   except tfds.core.registered.DatasetNotFoundError as e:

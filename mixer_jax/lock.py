@@ -69,12 +69,13 @@ class WorkdirLock:
     age = time.time() - holder['heartbeat']
     gone = ('a lock whose process has died is taken over at once' if
             holder['host'] == self.record['host'] else
-            f'if that run is gone, its lock is taken over once its heartbeat is {self.stale_s:.0f} s '
-            'old')
+            'if that run is gone, its lock is taken over once its heartbeat is '
+            f'{self.stale_s:.0f} s old')
+    started = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['started']))
     raise UserError(
         f'{self.path.parent} is in use by another run: process {holder["pid"]} on host '
-        f'{holder["host"]}, started {time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))}, '
-        f'heartbeat {age:.0f} s ago. Let it finish or stop it, or use another --workdir ({gone}).')
+        f'{holder["host"]}, started {started}, heartbeat {age:.0f} s ago. Let it finish or stop '
+        f'it, or use another --workdir ({gone}).')
 
   def __enter__(self):
     holder = self._read()
@@ -95,7 +96,8 @@ class WorkdirLock:
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
       if (self._read() or {}).get('token') != self.record['token']:
-        logging.error('Another run took over the lock of %s: this run should stop.', self.path.parent)
+        logging.error('Another run took over the lock of %s: this run should stop.',
+                      self.path.parent)
         return
       try:
         self._write()

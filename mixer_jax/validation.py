@@ -14,7 +14,6 @@ POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'total_steps', 'grad_accum_ste
 NON_NEGATIVE = ('warmup_steps', 'randaug_layers', 'randaug_magnitude', 'mixup', 'weight_decay')
 CHOICES = {'dtype': ('float32', 'bfloat16', 'float16'), 'optimizer': ('adam', 'sgd'),
            'lr_decay': ('cosine', 'linear'), 'eval_split': ('test', 'validation', 'train')}
-IN_MEMORY_SPLITS = {'digits': ('train', 'test')}
 
 
 def model_sizes(config) -> dict[str, int]:
@@ -64,15 +63,13 @@ def check_config(config):
   for field, choices in CHOICES.items():
     if config[field] not in choices:
       raise UserError(f'{field}={config[field]!r} is not one of {", ".join(choices)}.')
-  splits = IN_MEMORY_SPLITS.get(config.dataset)
-  if splits and config.eval_split not in splits:
-    raise UserError(f'eval_split={config.eval_split!r}: {config.dataset!r} has only '
-                    f'{" and ".join(splits)}.')
+  if config.dataset == 'digits' and config.eval_split not in ('train', 'test'):
+    raise UserError(f"eval_split={config.eval_split!r}: 'digits' has only train and test.")
   if config.dataset == 'folder' and not config.data_dir:
     raise UserError('dataset=folder needs --config.data_dir=<folder holding train/ and test/>.')
-  sizes = model_sizes(config)
-  patch = sizes['patch_size']
+  patch = model_sizes(config)['patch_size']
   if config.image_size % patch:
-    raise UserError(
-        f'image_size={config.image_size} is not a multiple of the patch size {patch}: use '
-        f'{max(config.image_size // patch, 1) * patch} or {(config.image_size // patch + 1) * patch}.')
+    below = config.image_size // patch * patch
+    options = ' or '.join(str(s) for s in sorted({below or patch, below + patch}))
+    raise UserError(f'image_size={config.image_size} is not a multiple of the patch size {patch}: '
+                    f'use {options}.')
