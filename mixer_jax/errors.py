@@ -14,17 +14,23 @@ class UserError(ValueError):
 
 
 def exit_with(message: str, status: int = 1):
-  # Background threads (orbax's, tensorstore's) may still call back into a closed event loop
-  # while the process exits; their tracebacks would bury the message.
-  sys.unraisablehook = lambda unraisable: None
   print(message, file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+def _unless_loop_closed(unraisable):
+  # When orbax's restore fails (a corrupt checkpoint), tensorstore still completes its other
+  # reads and calls back into the closed event loop: a traceback each, burying the message.
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    sys.__unraisablehook__(unraisable)
 
 
 def reported(main):
   """An absl main whose UserError (and Ctrl-C) ends the program with one line."""
   @functools.wraps(main)
   def wrapped(argv):
+    sys.unraisablehook = _unless_loop_closed
     try:
       return main(argv)
     except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged
