@@ -17,6 +17,7 @@ import uuid
 from absl import logging
 from etils import epath
 
+from mixer_jax import paths
 from mixer_jax.errors import UserError
 
 FILE = 'lock.json'
@@ -38,9 +39,11 @@ class WorkdirLock:
   """Context manager holding `<workdir>/lock.json`; raises UserError while another run holds it."""
 
   def __init__(self, workdir: epath.Path, heartbeat_s: float = 30, stale_s: float = 120,
-               settle_s: float = 0.5):
+               settle_s: float | None = None):
     self.path = workdir / FILE
-    self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
+    self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+    # Longer than a racing run's read-then-write: milliseconds locally, round trips in a bucket.
+    self.settle_s = (1.0 if paths.is_url(workdir) else 0.1) if settle_s is None else settle_s
     self.record = {'host': socket.gethostname(), 'pid': os.getpid(), 'token': uuid.uuid4().hex,
                    'started': time.time()}
     self._stop = threading.Event()
@@ -50,7 +53,7 @@ class WorkdirLock:
       return json.loads(self.path.read_text())
     except FileNotFoundError:
       return None
-    except (ValueError, OSError):  # half-written by a run that died while writing it
+    except ValueError:  # half-written by a run that died while writing it
       return {}
 
   def _write(self):
@@ -95,13 +98,13 @@ class WorkdirLock:
 
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
-      if (self._read() or {}).get('token') != self.record['token']:
-        logging.error('Another run took over the lock of %s: this run should stop.',
-                      self.path.parent)
-        return
       try:
+        if (self._read() or {}).get('token') != self.record['token']:
+          logging.error('Another run took over the lock of %s: this run should stop.',
+                        self.path.parent)
+          return
         self._write()
-      except OSError as e:  # a passing storage hiccup; the next beat tries again
+      except paths.storage_errors() as e:  # a passing storage hiccup; the next beat tries again
         logging.warning('Could not renew %s: %s', self.path, e)
 
   def __exit__(self, *exc):
