@@ -186,8 +186,8 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         'ILSVRC2012 tar files in DIR/downloads/manual), copy DIR here, and pass '
         f'--config.data_dir=DIR.') from e
   except ValueError as e:  # a split the data set does not have
-    raise UserError(f'{name!r} has no split {tfds_split!r} (for {split!r}; '
-                    f'{str(e).splitlines()[0]}): choose another --config.eval_split.') from e
+    raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): choose '
+                    'another --config.eval_split.') from e
 
 
 def count_examples(config, split: str) -> int:
