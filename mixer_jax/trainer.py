@@ -84,14 +84,17 @@ class Preemption:
 
   def __enter__(self):
     # Across processes JAX's preemption service catches SIGTERM and picks the step.
+    # A signal the shell set to be ignored (SIGINT for `train.py &` in a script) stays ignored.
     if not self.multi_process:
-      self.previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
+      self.previous = {s: signal.signal(s, self._request) for s in self.SIGNALS
+                       if signal.getsignal(s) is not signal.SIG_IGN}
     return self
 
   def _request(self, signum, frame):
     del frame
     self.requested = signal.Signals(signum).name
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signum == signal.SIGINT:  # a second Ctrl-C
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def reached(self, step: int):
     """The name of the signal that stops the run at `step`, or None."""
