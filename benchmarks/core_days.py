@@ -23,7 +23,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+from mixer_jax import config_files, errors  # noqa: E402
+from mixer_jax.errors import UserError  # noqa: E402
 
+config_files.exit_unless_loadable(sys.argv, None)  # before config_flags loads it
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe, e.g. '
                                           'configs/pretrain_imagenet.py:B/16.')
 _THROUGHPUT = flags.DEFINE_float('images_per_sec_per_core', None,
@@ -31,7 +34,8 @@ _THROUGHPUT = flags.DEFINE_float('images_per_sec_per_core', None,
 _MEASURE = flags.DEFINE_bool('measure', False, 'Measure it here with benchmarks/throughput.py.')
 _MEASURE_BATCHES = flags.DEFINE_list('measure_batch_sizes', ['8', '32'],
                                      'Per-device batch sizes tried by --measure.')
-_DATASET_SIZE = flags.DEFINE_integer('dataset_size', 0, 'Training examples, to print epochs.')
+_DATASET_SIZE = flags.DEFINE_integer('dataset_size', 0, 'Training examples, to print epochs.',
+                                     lower_bound=0)
 
 # Paper Tables 2-3: inference images/s/core on TPUv3 at 224, best batch (MIXER_NOTES section 7).
 PAPER_TPUV3_IMAGES_PER_SEC = {'S/32': 11_489, 'S/16': 3_994, 'B/32': 4_208, 'B/16': 1_384,
@@ -50,24 +54,34 @@ def measure(config) -> float:
   """Best per-device training images/s of the recipe's model here, by benchmarks/throughput.py."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'results.jsonl')
-    subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), 'throughput.py'),
-                    f'--variant={config.variant}', f'--resolution={config.image_size}',
-                    f'--dtype={config.dtype}', '--mode=train', '--impl=ours',
-                    f'--batch_size={",".join(_MEASURE_BATCHES.value)}', f'--json_out={out}'],
-                   check=True)
+    run = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), 'throughput.py'),
+                          f'--variant={config.variant}', f'--resolution={config.image_size}',
+                          f'--dtype={config.dtype}', '--mode=train', '--impl=ours',
+                          f'--batch_size={",".join(_MEASURE_BATCHES.value)}', f'--json_out={out}'])
+    if run.returncode:
+      raise UserError(f'benchmarks/throughput.py failed (exit status {run.returncode}; its '
+                      'message is above): pass --images_per_sec_per_core instead of --measure.')
     with open(out) as f:
       return max(json.loads(line)['images_per_sec_per_device'] for line in f)
 
 
+@errors.reported
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}.')
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/pretrain_imagenet.py:B/16')
-  if not config.variant:
-    raise app.UsageError('The recipe has no Table 1 variant (config.variant): nothing to compare.')
+    raise UserError('--config is required, e.g. --config=configs/pretrain_imagenet.py:B/16')
+  if not config.get('variant'):
+    raise UserError(f'--config={flags.FLAGS["config"].config_filename} has no Table 1 variant '
+                    '(config.variant): nothing to compare.')
   if (_THROUGHPUT.value is None) == (not _MEASURE.value):
-    raise app.UsageError('Give exactly one of --images_per_sec_per_core=N and --measure.')
+    raise UserError('Give exactly one of --images_per_sec_per_core=N and --measure.')
+  if _THROUGHPUT.value is not None and _THROUGHPUT.value <= 0:
+    raise UserError(f'--images_per_sec_per_core={_THROUGHPUT.value}: must be more than 0.')
+  if not all(b.isdigit() and int(b) > 0 for b in _MEASURE_BATCHES.value):
+    raise UserError(f'--measure_batch_sizes={",".join(_MEASURE_BATCHES.value)}: give positive '
+                    'integers, e.g. 8,32.')
   throughput = measure(config) if _MEASURE.value else _THROUGHPUT.value
   images = config.total_steps * config.batch_size
   epochs = f', {images / _DATASET_SIZE.value:.1f} epochs' if _DATASET_SIZE.value else ''
@@ -86,4 +100,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: config_files.parse_flags(argv, None))

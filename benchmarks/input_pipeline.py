@@ -19,14 +19,16 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import pretrain_imagenet  # noqa: E402
-from mixer_jax import input_pipeline  # noqa: E402
+from mixer_jax import errors, input_pipeline, paths  # noqa: E402
+from mixer_jax.errors import UserError  # noqa: E402
 
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 256, 'Distinct JPEGs to generate.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Model resolution.')
-_LAYERS = flags.DEFINE_integer('randaug_layers', 2, 'RandAugment ops per image.')
-_MAGNITUDE = flags.DEFINE_float('randaug_magnitude', 15, 'RandAugment magnitude.')
-_SECONDS = flags.DEFINE_float('seconds', 20, 'How long to time each setting.')
-_JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per setting here.')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 256, 'Distinct JPEGs to generate.', lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Model resolution.', lower_bound=1)
+_LAYERS = flags.DEFINE_integer('randaug_layers', 2, 'RandAugment ops per image.', lower_bound=0)
+_MAGNITUDE = flags.DEFINE_float('randaug_magnitude', 15, 'RandAugment magnitude.', lower_bound=0)
+_SECONDS = flags.DEFINE_float('seconds', 20, 'How long to time each setting.', lower_bound=0.1)
+_JSON_OUT = flags.DEFINE_string('json_out', None,
+                                'Append one JSON line per setting here (a file or gs:// URL).')
 
 
 def generate_jpegs(n: int) -> list[bytes]:
@@ -57,8 +59,22 @@ def images_per_sec(config, jpegs: list[bytes], seconds: float) -> float:
   return count / (time.perf_counter() - start)
 
 
+def open_json_out():
+  """The --json_out file opened for appending now, rather than failing after the timing."""
+  if not _JSON_OUT.value:
+    return None
+  try:
+    return paths.resolve(_JSON_OUT.value).open('a')
+  except paths.storage_errors() as e:
+    raise UserError(f'--json_out={_JSON_OUT.value} cannot be written ({e}): give a file in an '
+                    'existing folder this user can write.') from e
+
+
+@errors.reported
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}.')
+  json_out = open_json_out()
   jpegs = generate_jpegs(_NUM_IMAGES.value)
   config = pretrain_imagenet.get_config('B/16')
   config.image_size = _IMAGE_SIZE.value
@@ -68,13 +84,15 @@ def main(argv):
     rate = images_per_sec(config, jpegs, _SECONDS.value)
     print(f'{os.cpu_count()} host cores, {config.image_size}px, RandAugment {layers} ops at '
           f'magnitude {magnitude:g}: {rate:.1f} images/s', flush=True)
-    if _JSON_OUT.value:
-      with open(_JSON_OUT.value, 'a') as f:
-        f.write(json.dumps({'host_cores': os.cpu_count(), 'image_size': config.image_size,
-                            'randaug_layers': layers, 'randaug_magnitude': magnitude,
-                            'images_per_sec': rate, 'date': time.strftime('%Y-%m-%d %H:%M')})
-                + '\n')
+    if json_out:
+      json_out.write(json.dumps({'host_cores': os.cpu_count(), 'image_size': config.image_size,
+                                 'randaug_layers': layers, 'randaug_magnitude': magnitude,
+                                 'images_per_sec': rate,
+                                 'date': time.strftime('%Y-%m-%d %H:%M')}) + '\n')
+      json_out.flush()
+  if json_out:
+    json_out.close()
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -4,18 +4,18 @@ Every loader returns a nested dict of NumPy arrays with the parameter names of
 `mixer_jax.models`; `adapt` fits such a tree to a model (new head, higher resolution) and
 names every path that does not fit.
 """
+import io
 import math
-import os
-import pathlib
+import zipfile
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
-from flax.training import checkpoints as flax_checkpoints
 
-from mixer_jax import models
+from mixer_jax import paths
 from mixer_jax.errors import UserError
 
 
@@ -43,7 +43,7 @@ def tree_mismatches(expected, found) -> list[str]:
   return lines
 
 
-def manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
   # Saves are asynchronous and atomic: a step folder appears only once it is complete, so a
   # run killed while writing leaves the previous checkpoints as they were.
   return ocp.CheckpointManager(workdir / 'checkpoints',
@@ -51,12 +51,17 @@ def manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
                                item_handlers=ocp.StandardCheckpointHandler())
 
 
+def _first_line(error: Exception) -> str:
+  """An error's gist: tensorstore appends kilobytes of its spec to the message."""
+  return (str(error).splitlines() or [type(error).__name__])[0].split(' [tensorstore_spec=')[0]
+
+
 def restore_latest(checkpoints: ocp.CheckpointManager, state):
   """(state, step) from the newest checkpoint, or (state, 0) when there is none."""
   step = checkpoints.latest_step()
   if step is None:
     return state, 0
-  path = pathlib.Path(checkpoints.directory) / str(step)
+  path = epath.Path(checkpoints.directory) / str(step)
   unreadable = (
       f'The checkpoint {path} cannot be read; it is corrupt or truncated ({{error}}). Nothing '
       f'was deleted. Move that folder out of {checkpoints.directory} to resume from the '
@@ -64,33 +69,40 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state):
   try:
     found = checkpoints.item_metadata(step).tree
   except Exception as e:  # orbax and tensorstore raise many kinds of errors here
-    raise UserError(unreadable.format(error=(str(e).splitlines() or [type(e).__name__])[0])) from e
+    raise UserError(unreadable.format(error=_first_line(e))) from e
   mismatches = tree_mismatches(state.params, found.get('params', {}))
   if mismatches:
     raise UserError(
         f'The checkpoint {path} holds another model than the config describes:\n  '
         + '\n  '.join(mismatches) + '\nResume with the config this run started with '
         '(saved as config.json beside checkpoints/), or train the new model in a new --workdir.')
+  shapes = lambda tree: sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
+  if shapes(found.get('opt_state')) != shapes(state.opt_state):
+    raise UserError(
+        f'The checkpoint {path} holds the state of another optimizer than the config describes '
+        '(--config.optimizer and its settings). Resume with the config this run started with '
+        '(saved as config.json beside checkpoints/), or use a new --workdir.')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract)), step
   except Exception as e:
-    raise UserError(unreadable.format(error=(str(e).splitlines() or [type(e).__name__])[0])) from e
+    raise UserError(unreadable.format(error=_first_line(e))) from e
 
 
 # --- Official .npz files (google-research/vision_transformer) ---
 
-def save_npz(params, path: str):
+def save_npz(params, path):
   """Writes parameters as the official checkpoints store them: '/'-joined names -> arrays."""
-  np.savez(path, **{k: np.asarray(v) for k, v in flatten(params).items()})
+  with paths.resolve(path).open('wb') as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})
 
 
-def load_npz(path: str) -> dict[str, Any]:
+def load_npz(path) -> dict[str, Any]:
   """An official (or `save_npz`) .npz file, in the linen or the older pre-linen naming."""
   try:
-    with np.load(path) as f:
+    with np.load(io.BytesIO(paths.resolve(path).read_bytes())) as f:
       flat = {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
+  except (*paths.storage_errors(), ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f'Cannot read {path} as an .npz checkpoint ({e}).') from e
   params = traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
   return _from_pre_linen(params) if 'Mixer' in params else params
@@ -98,6 +110,8 @@ def load_npz(path: str) -> dict[str, Any]:
 
 def _from_pre_linen(params):
   """Renames `Mixer/encoderblock_{i}/..._mixing_phase_0/{kernel1,...}` etc. to linen names."""
+  # Imported here: it imports TensorFlow, seconds that every start of train.py would wait.
+  from flax.training import checkpoints as flax_checkpoints
   params = flax_checkpoints.convert_pre_linen(params)  # LayerNorm_0, LayerNorm_2 -> _0, _1
   mixer = dict(params.pop('Mixer'))
   out = {'stem': params.pop('embedding'), 'pre_head_layer_norm': mixer.pop('encoder_norm'),
@@ -156,44 +170,75 @@ def to_timm(params) -> dict[str, np.ndarray]:
           for theirs, (ours, how) in _timm_names(num_blocks).items() if ours in flat}
 
 
-def load_timm(path: str) -> dict[str, Any]:
+def load_timm(path) -> dict[str, Any]:
   """A timm checkpoint file (.safetensors, .pth or .bin); needs torch except for safetensors."""
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # comes with timm
-    return from_timm(load_file(path))
-  import torch  # optional: only this conversion needs it
-  state_dict = torch.load(path, map_location='cpu', weights_only=True)
-  return from_timm(state_dict.get('state_dict', state_dict))
+  path = paths.resolve(path)
+  try:
+    if path.suffix == '.safetensors':
+      from safetensors import numpy as safetensors_numpy  # comes with timm
+      state_dict = safetensors_numpy.load(path.read_bytes())
+    else:
+      import torch  # optional: only this conversion needs it
+      state_dict = torch.load(io.BytesIO(path.read_bytes()), map_location='cpu', weights_only=True)
+      state_dict = state_dict.get('state_dict', state_dict)
+  except ImportError as e:
+    raise UserError(f'Reading {path} needs {e.name}: pip install {e.name}.') from e
+  except Exception as e:  # the parsers' many errors for a file that is not what it says
+    raise UserError(f'Cannot read {path} as timm weights ({type(e).__name__}: '
+                    f'{_first_line(e)}).') from e
+  return from_timm(state_dict)
 
 
 # --- Starting from someone's weights ---
 
-def load_params(path: str) -> dict[str, Any]:
-  """Parameters from an .npz, a timm file, or one of our workdirs / orbax step folders."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise UserError(f'init_from={path} does not exist: give an .npz, .pth, .bin or '
-                    '.safetensors file, a workdir, or a workdir\'s checkpoints/<step> folder.')
-  if path.endswith('.npz'):
-    return load_npz(path)
-  if path.endswith(('.pth', '.bin', '.safetensors')):
-    return load_timm(path)
-  folder = pathlib.Path(path).absolute()
+WEIGHT_KINDS = ('give an .npz, .pth, .bin or .safetensors file, a workdir, or a workdir\'s '
+                'checkpoints/<step> folder')
+
+
+def load_params(path, setting: str = 'init_from') -> dict[str, Any]:
+  """Parameters from an .npz, a timm file, or one of our workdirs / orbax step folders.
+
+  `path` may be a gs:// URL; `setting` names it in errors.
+  """
+  resolved = paths.resolve(path)
+  if not resolved.exists():
+    raise UserError(f'{setting}={path} does not exist: {WEIGHT_KINDS}.')
+  if resolved.suffix == '.npz':
+    params = load_npz(resolved)
+  elif resolved.suffix in ('.pth', '.bin', '.safetensors'):
+    params = load_timm(resolved)
+  elif resolved.is_dir():
+    params = _load_orbax_params(resolved, f'{setting}={path}')
+  else:
+    raise UserError(f'{setting}={path} is a file of unknown kind: {WEIGHT_KINDS}.')
+  if not {'stem', 'MixerBlock_0'} <= params.keys():
+    raise UserError(f'{setting}={path} holds no Mixer parameters (it has '
+                    f'{", ".join(sorted(params)[:8]) or "nothing"}): {WEIGHT_KINDS}.')
+  return params
+
+
+def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:
   if (folder / 'checkpoints').is_dir():
     folder = folder / 'checkpoints'
   step = None
-  if (folder / 'default').is_dir():  # a checkpoints/<step> folder
+  if (folder / 'default').is_dir() and folder.name.isdigit():  # a checkpoints/<step> folder
     folder, step = folder.parent, int(folder.name)
-  with ocp.CheckpointManager(folder, item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  with ocp.CheckpointManager(folder, options=options,
+                             item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
     step = checkpoints.latest_step() if step is None else step
     if step is None:
-      raise UserError(f'{path} holds no checkpoint.')
-    # Parameters only, as NumPy arrays: the optimiser state stays on disk.
-    found = checkpoints.item_metadata(step).tree['params']
-    target = {'params': jax.tree.map(lambda m: np.empty(m.shape, m.dtype), found)}
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    return checkpoints.restore(step, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=as_numpy, partial_restore=True))['params']
+      raise UserError(f'{what} holds no checkpoint: {WEIGHT_KINDS}.')
+    try:
+      # Parameters only, as NumPy arrays: the optimiser state stays on disk.
+      found = checkpoints.item_metadata(step).tree['params']
+      target = {'params': jax.tree.map(lambda m: np.empty(m.shape, m.dtype), found)}
+      as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+      return checkpoints.restore(step, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=as_numpy, partial_restore=True))['params']
+    except Exception as e:  # orbax and tensorstore raise many kinds of errors here
+      raise UserError(f'{what}: the checkpoint {folder / str(step)} cannot be read '
+                      f'({_first_line(e)}).') from e
 
 
 def model_kwargs(params) -> dict[str, Any]:

@@ -1,8 +1,48 @@
-"""Errors in what the user asked for, as opposed to bugs.
+"""Errors in what the user asked for, as opposed to bugs, and how the entry points report them.
 
-train.py prints their message, which names the problem and the fix, without a traceback.
+train.py, predict.py and the benchmarks print their message, which names the problem, the value
+and the fix, as one `error:` line without a traceback, and exit with status 1.
 """
+import functools
+import sys
+
+from absl import flags
 
 
 class UserError(ValueError):
   """A config value, data set, checkpoint or launch setting that cannot work as given."""
+
+
+def exit_with(message: str, status: int = 1):
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _unless_loop_closed(unraisable):
+  # When orbax's restore fails (a corrupt checkpoint), tensorstore still completes its other
+  # reads and calls back into the closed event loop: a traceback each, burying the message.
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    sys.__unraisablehook__(unraisable)
+
+
+def reported(main):
+  """An absl main whose UserError (and Ctrl-C) ends the program with one line."""
+  @functools.wraps(main)
+  def wrapped(argv):
+    sys.unraisablehook = _unless_loop_closed
+    try:
+      return main(argv)
+    except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged
+      exit_with(f'error: {e}')
+    except KeyboardInterrupt:
+      exit_with('Interrupted (Ctrl-C).', 130)
+  return wrapped
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag reported as one `error:` line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    exit_with(f'error: {e} (--helpfull lists the flags).')

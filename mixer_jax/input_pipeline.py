@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mixer_jax import permutations, randaugment, steps
+from mixer_jax import paths, permutations, randaugment, steps
 from mixer_jax.errors import UserError
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
@@ -70,46 +70,78 @@ def _is_decodable(path: str) -> bool:
     return False
 
 
+def _files_under(folder: str) -> list[str]:
+  """Every file below `folder`, in sub-folders too, as torchvision's ImageFolder reads them."""
+  if not paths.is_url(folder):
+    return [os.path.join(parent, name)
+            for parent, _, names in os.walk(folder, followlinks=True) for name in names]
+  # In cloud storage sub-folders are listed with a trailing '/': no request per file to ask.
+  found = []
+  for name in tf.io.gfile.listdir(folder):
+    path = f'{folder.rstrip("/")}/{name}'
+    found += _files_under(path) if name.endswith('/') else [path]
+  return found
+
+
 def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
-  """Images in `<root>/<split>/<class>/*.{jpg,jpeg,png}`; classes are the sorted train folders.
+  """Images under `<root>/<split>/<class>/` (*.jpg, *.jpeg, *.png, in sub-folders too); classes
+  are the sorted train folders. `root` may be a gs:// URL.
 
   With `verify`, every file is decoded once and those that fail are skipped, with their count
   and names in the log; without it (millions of files) files are only listed.
   """
-  layout = (f'Expected <data_dir>/train/<class>/*.jpg|png and <data_dir>/test/<class>/*.jpg|png; '
-            f'set --config.data_dir to that folder.')
+  root = str(paths.resolve(root))
+  layout = ('Expected <data_dir>/train/<class>/*.jpg|png and <data_dir>/test/<class>/*.jpg|png; '
+            'set --config.data_dir to that folder.')
   for folder in (root, os.path.join(root, split), os.path.join(root, 'train')):
-    if not os.path.isdir(folder):
+    if not tf.io.gfile.isdir(folder):
       raise UserError(f'Image folder {folder} does not exist. {layout}')
-    if not os.access(folder, os.R_OK | os.X_OK):
+    if not paths.is_url(folder) and not os.access(folder, os.R_OK | os.X_OK):
       raise UserError(f'Image folder {folder} is not readable by this user: fix its permissions.')
-  classes = sorted(e.name for e in os.scandir(os.path.join(root, 'train')) if e.is_dir())
+  class_folders = lambda split_dir: sorted(
+      name.rstrip('/') for name in tf.io.gfile.listdir(split_dir)
+      if name.endswith('/') or tf.io.gfile.isdir(os.path.join(split_dir, name)))
+  classes = class_folders(os.path.join(root, 'train'))
   if not classes:
     raise UserError(f'{os.path.join(root, "train")} has no class folders. {layout}')
-  paths, labels, corrupt = [], [], []
-  for name in sorted(e.name for e in os.scandir(os.path.join(root, split)) if e.is_dir()):
+  image_paths, labels, corrupt, ignored = [], [], [], []
+  for name in class_folders(os.path.join(root, split)):
     if name not in classes:
       raise UserError(f'Class folder {name!r} of {os.path.join(root, split)} is missing from '
                       f'the training split ({", ".join(classes)}): add it there or remove it.')
     folder = os.path.join(root, split, name)
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(_files_under(folder))
+    ignored += [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
+    files = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
       raise UserError(f'Class folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)}): '
                       'add images or remove the folder.')
     for path in files:
       if not verify or _is_decodable(path):
-        paths.append(path)
+        image_paths.append(path)
         labels.append(classes.index(name))
       else:
         corrupt.append(path)
-  if corrupt:
-    logging.warning('Skipped %d corrupt or unreadable image(s) in %s: %s%s', len(corrupt),
-                    os.path.join(root, split), ', '.join(corrupt[:5]),
-                    ' ...' if len(corrupt) > 5 else '')
-  if not paths:
+  for problem, found in (('corrupt or unreadable image(s)', corrupt),
+                         (f'file(s) without an image extension ({", ".join(IMAGE_EXTENSIONS)})',
+                          ignored)):
+    if found:
+      logging.warning('Skipped %d %s in %s: %s%s', len(found), problem, os.path.join(root, split),
+                      ', '.join(found[:5]), ' ...' if len(found) > 5 else '')
+  if not image_paths:
     raise UserError(f'{os.path.join(root, split)} holds no readable images. {layout}')
-  return Split(np.array(paths), np.array(labels, np.int32), num_classes=len(classes))
+  return Split(np.array(image_paths), np.array(labels, np.int32), num_classes=len(classes))
+
+
+def check_eval_split(config):
+  """Opens the evaluation split without decoding it: a missing split, folder or class stops
+  the run before training rather than at the first evaluation."""
+  if config.dataset == 'folder':
+    load_image_folder(config.data_dir, config.eval_split, verify=False)
+  elif config.dataset == 'digits':
+    load_digits(config.eval_split)
+  else:
+    load_tfds(config, config.eval_split)
 
 
 def load_split(config, split: str) -> Split:
@@ -139,7 +171,8 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
   try:
     return tfds.load(
         name, split=tfds.even_splits(tfds_split, n=process_count)[process_index],
-        data_dir=config.data_dir or None, download=False, with_info=True, as_supervised=True,
+        data_dir=str(paths.resolve(config.data_dir)) if config.data_dir else None,
+        download=False, with_info=True, as_supervised=True,
         shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
         decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -152,6 +185,9 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         f'with internet run `tfds build {name} --data_dir=DIR` (imagenet2012 first needs the '
         'ILSVRC2012 tar files in DIR/downloads/manual), copy DIR here, and pass '
         f'--config.data_dir=DIR.') from e
+  except ValueError as e:  # a split the data set does not have
+    raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): choose '
+                    'another --config.eval_split.') from e
 
 
 def count_examples(config, split: str) -> int:

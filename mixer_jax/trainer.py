@@ -1,6 +1,6 @@
 """Training and evaluation loop: data-parallel over every device, resumable from the workdir."""
+import contextlib
 import json
-import pathlib
 import signal
 import time
 from typing import Any
@@ -11,11 +11,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixer_jax import checkpoints as ckpt
-from mixer_jax import formulations, models, optim, steps, synthetic
+from mixer_jax import formulations, lock, models, optim, paths, steps, synthetic, validation
 from mixer_jax.errors import UserError
 
 
@@ -71,30 +72,40 @@ def fetch_finite(records, latest_checkpoint) -> list[dict[str, float]]:
 
 
 class Preemption:
-  """Whether the scheduler asked the run to stop (SIGTERM), at a step all processes agree on."""
+  """Whether the run was asked to stop (SIGTERM, or Ctrl-C), at a step all processes agree on.
+
+  A second Ctrl-C stops at once, without the checkpoint.
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
+    self.requested = None
     self.multi_process = jax.process_count() > 1
 
   def __enter__(self):
     # Across processes JAX's preemption service catches SIGTERM and picks the step.
+    # A signal the shell set to be ignored (SIGINT for `train.py &` in a script) stays ignored.
     if not self.multi_process:
-      self.previous = signal.signal(signal.SIGTERM, self._request)
+      self.previous = {s: signal.signal(s, self._request) for s in self.SIGNALS
+                       if signal.getsignal(s) is not signal.SIG_IGN}
     return self
 
   def _request(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    self.requested = signal.Signals(signum).name
+    if signum == signal.SIGINT:  # a second Ctrl-C
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
-  def reached(self, step: int) -> bool:
+  def reached(self, step: int):
+    """The name of the signal that stops the run at `step`, or None."""
     if self.multi_process:
-      return multihost_utils.reached_preemption_sync_point(step)
+      return 'SIGTERM' if multihost_utils.reached_preemption_sync_point(step) else None
     return self.requested
 
   def __exit__(self, *exc):
     if not self.multi_process:
-      signal.signal(signal.SIGTERM, self.previous)
+      for s, handler in self.previous.items():
+        signal.signal(s, handler)
 
 
 class MetricsLog:
@@ -104,7 +115,7 @@ class MetricsLog:
   lines are written without them.
   """
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: epath.Path):
     self.is_main = jax.process_index() == 0
     self.writer = None
     if self.is_main:
@@ -127,15 +138,54 @@ class MetricsLog:
       self.writer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+@contextlib.contextmanager
+def claim_workdir(workdir: epath.Path):
+  """Creates the workdir and holds its lock (process 0); every process stops if that fails."""
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(lock.WorkdirLock(workdir))
+      except UserError as e:
+        error = e
+      except paths.storage_errors() as e:
+        error = UserError(f'The workdir {workdir} cannot be created or written ('
+                          f'{str(e).splitlines()[0]}): give a --workdir this user can write.')
+    if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(error is not None):
+      error = error or UserError(f'Process 0 could not start the run in {workdir}: see its error.')
+    if error:
+      raise error
+    yield
+
+
+def config_changes(workdir: epath.Path, config) -> list[str]:
+  """'field: old -> new' for each setting that differs from the run's saved config.json."""
+  saved = workdir / 'config.json'
+  if not saved.exists():
+    return []
+  old = ckpt.flatten(json.loads(saved.read_text()))
+  new = ckpt.flatten(json.loads(config.to_json_best_effort()))
+  return [f'{k}: {old.get(k, "(unset)")!r} -> {new.get(k, "(unset)")!r}'
+          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
                        build=build_model) -> dict[str, Any]:
   """Trains to `config.total_steps`, resuming from the newest checkpoint in `workdir`.
 
-  `build(config, num_classes)` makes the model: a Mixer, or a baseline of the studies. Returns
-  the final evaluation metrics, also written to `workdir/results.json`.
+  `workdir` is a folder or a gs:// URL. The config is checked before anything is loaded or
+  written, and one run at a time holds the workdir. `build(config, num_classes)` makes the
+  model: a Mixer, or a baseline of the studies. Returns the final evaluation metrics, also
+  written to `workdir/results.json`.
   """
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
+  validation.check_config(config)
+  workdir = paths.resolve(workdir)
+  with claim_workdir(workdir):
+    return _train(config, workdir, build)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dict[str, Any]:
   mesh = steps.create_mesh()
   per_device = steps.check_batch_size(config.batch_size, jax.device_count())
   if per_device % config.grad_accum_steps:
@@ -149,6 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
   data = data_source(config)
   num_classes = data.num_classes(config)
+  if data is not synthetic:  # a missing or inconsistent evaluation split, now rather than later
+    data.check_eval_split(config)
   model = build(config, num_classes)
   if factor > 1:
     model = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * factor ** 2)
@@ -162,9 +214,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Resume order: this workdir's newest checkpoint, else the init_from weights, else scratch.
   checkpoints = ckpt.manager(workdir, config.keep_checkpoints)
+  changes = config_changes(workdir, config)
   state, start_step = ckpt.restore_latest(checkpoints, state)
   if start_step:
     logging.info('Resumed from %s at step %d.', checkpoints.directory, start_step)
+    if changes:
+      logging.warning('This run continues with settings that differ from those it was started '
+                      'with (config.json, now updated): %s. Use a new --workdir to start afresh '
+                      'instead.', '; '.join(changes))
+    if start_step >= config.total_steps:
+      logging.warning('The checkpoint is at step %d, total_steps is %d: evaluating it without '
+                      'training.', start_step, config.total_steps)
   elif init_params is not None:
     params = ckpt.adapt(init_params, jax.device_get(state.params), factor)
     state = state.replace(params=jax.device_put(params, NamedSharding(mesh, P())))
@@ -184,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   progress = tqdm.tqdm(total=config.total_steps, initial=start_step, unit='step',
                        disable=jax.process_index() != 0, mininterval=1.0)
   unchecked, window, window_start = [], [], time.perf_counter()
-  step = start_step
+  step, preempted = start_step, None
   with Preemption() as preemption:
     try:
       for step in range(start_step + 1, config.total_steps + 1):
@@ -215,15 +275,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checkpoints.wait_until_finished()
       checkpoints.close()
 
-  if step < config.total_steps:
+  if preempted and step < config.total_steps:
     log.close()
-    logging.warning('Stopped on SIGTERM at step %d after saving a checkpoint; rerun the same '
-                    'command to resume.', step)
-    return {'step': step, 'preempted': True}
+    logging.warning('Stopped on %s at step %d after saving a checkpoint; rerun the same '
+                    'command to resume.', preempted, step)
+    return {'step': step, 'stopped_by': preempted}
   results = evaluate(eval_step, state, config, mesh)
-  log.write(config.total_steps, config.eval_split, results)
+  log.write(step, config.eval_split, results)
   log.close()
-  results = {'step': config.total_steps, f'{config.eval_split}_accuracy': results['accuracy'],
+  results = {'step': step, f'{config.eval_split}_accuracy': results['accuracy'],
              f'{config.eval_split}_loss': results['loss']}
   if jax.process_index() == 0:
     (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')

@@ -132,3 +132,17 @@ def test_core_days_of_a_recipe_at_a_given_throughput():
   tpu_days = 1000 * 4096 / (419 / 3) / 86_400  # the paper's 419 inference images/s/core
   assert f'{tpu_days:,.2f} TPUv3 core-days' in run.stdout
   assert '0.41k TPUv3 core-days' in run.stdout  # the paper's published L/16 run
+
+
+def test_core_days_and_input_pipeline_flags_are_checked_before_anything_runs():
+  recipe = '--config=configs/pretrain_imagenet.py:L/16'
+  for script, flags, message in (
+      ('core_days.py', [recipe, '--images_per_sec_per_core=0'], 'must be more than 0'),
+      ('core_days.py', [recipe, '--config.lr=1', '--measure'], '--config.lr: no such field'),
+      ('core_days.py', ['--config=configs/nope.py', '--measure'], 'no such file'),
+      ('core_days.py', ['--config=configs/digits.py', '--measure'], 'has no Table 1 variant'),
+      ('input_pipeline.py', ['--json_out=/nowhere/out.jsonl'], 'cannot be written')):
+    run = subprocess.run([sys.executable, f'benchmarks/{script}', *flags], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert message in run.stderr and 'Traceback' not in run.stderr

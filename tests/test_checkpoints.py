@@ -33,7 +33,7 @@ def test_tree_mismatches_name_every_offending_path():
   assert checkpoints.tree_mismatches(expected, expected) == []
 
 
-def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+def test_checkpoint_of_another_model_or_optimizer_is_a_clear_error(tmp_path):
   trainer.train_and_evaluate(small_config(total_steps=10, checkpoint_every=10), str(tmp_path))
   wider = small_config(total_steps=20)
   wider.model.hidden_dim = 96
@@ -43,6 +43,10 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
   assert 'holds another model than the config describes' in message
   assert 'stem/kernel: expected (4, 4, 3, 96), found (4, 4, 3, 128)' in message
   assert 'config.json' in message and 'new --workdir' in message
+  # Adam's moments are not SGD's momentum: this used to be reported as a corrupt checkpoint.
+  with pytest.raises(UserError, match=r'holds the state of another optimizer than the config '
+                                      r'describes .*config.json'):
+    trainer.train_and_evaluate(small_config(total_steps=20, optimizer='sgd'), str(tmp_path))
   assert step_folders(tmp_path) == [10]
 
 
@@ -216,6 +220,46 @@ def test_orbax_workdir_loads_parameters_only(tmp_path):
   assert set(newest) >= {'stem', 'head', 'MixerBlock_3'} and 'opt_state' not in newest
   assert isinstance(newest['stem']['kernel'], np.ndarray)
   assert not np.array_equal(newest['stem']['kernel'], older['stem']['kernel'])
+
+
+def npz_of_other_arrays(path):
+  np.savez(path / 'other.npz', a=np.zeros(3), b=np.ones(2))
+  return path / 'other.npz'
+
+
+def truncated_npz(path):
+  np.savez(path / 'cut.npz', **{'stem/kernel': np.zeros((4, 4, 3, 8))})
+  (path / 'cut.npz').write_bytes((path / 'cut.npz').read_bytes()[:100])
+  return path / 'cut.npz'
+
+
+def text_file(path):
+  (path / 'notes.txt').write_text('weights')
+  return path / 'notes.txt'
+
+
+def garbage_safetensors(path):
+  (path / 'model.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1}')
+  return path / 'model.safetensors'
+
+
+def empty_folder(path):
+  (path / 'run').mkdir()
+  return path / 'run'
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda path: path / 'nowhere.npz', r'init_from=.*nowhere.npz does not exist: give an .npz'),
+    (text_file, r'init_from=.*notes.txt is a file of unknown kind: give an .npz'),
+    (npz_of_other_arrays, r'init_from=.*other.npz holds no Mixer parameters \(it has a, b\)'),
+    (truncated_npz, r'Cannot read .*cut.npz as an .npz checkpoint'),
+    (garbage_safetensors, r'Cannot read .*model.safetensors as timm weights \('),
+    (empty_folder, r'init_from=.*run holds no checkpoint: give an .npz'),
+])
+def test_weights_of_the_wrong_kind_are_one_clear_error(tmp_path, make, message):
+  """What init_from and predict.py's --checkpoint are given: a traceback for most before."""
+  with pytest.raises(UserError, match=message):
+    checkpoints.load_params(str(make(tmp_path)))
 
 
 def test_checkpoint_left_half_written_by_a_kill_is_ignored(tmp_path):

@@ -1,4 +1,5 @@
 """Every recipe runs end to end on its real data pipeline, served by tfds.testing.mock_data."""
+import os
 import time
 
 import jax
@@ -103,6 +104,34 @@ def test_data_set_not_on_disk_fails_at_once_with_where_and_how(tmp_path):
   assert time.time() - start < 10
   assert not (tmp_path / 'run' / 'checkpoints').exists() or not any(
       (tmp_path / 'run' / 'checkpoints').iterdir())
+
+
+class TinyTwoSplits(tfds.core.GeneratorBasedBuilder):
+  """A prepared tensorflow-datasets data set with train and test splits only."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, supervised_keys=('image', 'label'),
+                                 features=tfds.features.FeaturesDict({
+                                     'image': tfds.features.Image(shape=(8, 8, 3)),
+                                     'label': tfds.features.ClassLabel(num_classes=2)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(), 'test': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(4):
+      yield i, {'image': np.zeros((8, 8, 3), np.uint8), 'label': i % 2}
+
+
+def test_an_evaluation_split_the_data_set_lacks_fails_before_training(tmp_path):
+  TinyTwoSplits(data_dir=str(tmp_path / 'tfds')).download_and_prepare()
+  config = finetune.get_config('B/16,tiny_two_splits,smoke')
+  config.update(dict(data_dir=str(tmp_path / 'tfds'), eval_split='validation'))
+  with pytest.raises(UserError, match=r"'tiny_two_splits' has no split 'validation' \(Unknown "
+                                      r"split 'validation'.*\): choose another"):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path / 'run') == []
 
 
 def test_walkthrough_npz_to_cifar10_at_the_same_and_at_twice_the_resolution(tmp_path):

@@ -130,13 +130,18 @@ def test_image_folder_batches_have_configured_shape_and_labels(tmp_path):
   np.testing.assert_array_equal(centre.argmax(-1), batch['label'])
 
 
-def test_image_folder_skips_corrupt_files_and_logs_their_count(tmp_path, caplog):
+def test_image_folder_reads_sub_folders_and_logs_the_files_it_skips(tmp_path, caplog):
   root = make_image_folder(tmp_path)
   (root / 'train' / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
   (root / 'train' / 'cat' / 'empty.png').write_bytes(b'')
+  (root / 'train' / 'fox' / 'more').mkdir()  # ignored without a word before
+  (root / 'train' / 'fox' / '0.jpg').rename(root / 'train' / 'fox' / 'more' / '0.jpg')
+  (root / 'train' / 'fox' / 'notes.txt').write_text('not an image')
   split = input_pipeline.load_image_folder(str(root), 'train')
-  assert len(split.labels) == 12
+  assert len(split.labels) == 12 and any('fox/more/0.jpg' in p for p in split.images)
   assert 'Skipped 2 corrupt or unreadable image(s)' in caplog.text and 'broken.jpg' in caplog.text
+  assert 'Skipped 1 file(s) without an image extension' in caplog.text and 'notes.txt' in (
+      caplog.text)
 
 
 def missing_root(root):

@@ -4,10 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mixer_jax import input_pipeline, trainer
-from test_train import ROOT, small_config
+from test_train import ROOT, error_line, small_config
 
 
 def test_predict_prints_top_classes_of_image_files(tmp_path):
@@ -29,12 +30,24 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
 
 
-def test_predict_on_an_unreadable_file_is_a_clear_error(tmp_path):
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp('predict')
   trainer.train_and_evaluate(small_config(total_steps=5), str(tmp_path / 'run'))
   (tmp_path / 'not_an_image.png').write_bytes(b'hello')
-  code, out = _predict(tmp_path, str(tmp_path / 'not_an_image.png'))
-  assert code != 0 and 'Cannot read' in out and 'not_an_image.png' in out
-  assert 'Traceback' not in out
+  (tmp_path / 'labels.txt').write_text('zero\none\n')
+  return tmp_path
+
+
+@pytest.mark.parametrize('args, message', [
+    (['{run}/../not_an_image.png'], r'Cannot read .*not_an_image.png as an image'),
+    (['{run}'], r'.*run is not a file: give JPEG'),
+    (['--labels={run}/../labels.txt', '{run}/../not_an_image.png'],
+     r'--labels=.*labels.txt has 2 names, the weights 10 classes'),
+])
+def test_predict_on_bad_input_is_one_error_line(trained, args, message):
+  code, out = _predict(trained, *[a.format(run=trained / 'run') for a in args])
+  assert code == 1 and re.search(message, error_line(out)), out
 
 
 def _predict(tmp_path, *args):

@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from configs import digits
 from mixer_jax import trainer
 from mixer_jax.errors import UserError
+from test_input_pipeline import class_unknown_to_train, folder_config, make_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -142,28 +144,98 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+def error_line(out: str) -> str:
+  """The one line of an entry point's output that says what is wrong; no traceback."""
+  assert 'Traceback' not in out, out
+  [line] = [line for line in out.splitlines() if line.startswith('error: ')]
+  return line
+
+
 @pytest.mark.parametrize('flags, message', [
+    # The config file and its fields.
     (['--config.foo=1'], r'--config.foo: no such field in .*digits.py. Its fields are: .*batch_size'),
-    (['--config.model.widht=3'], r'--config.model.widht: no such field'),
     (['--config.dataset.image_size=30'], r'--config.dataset.image_size: no such field'),
     (['--config', 'configs/finetune.py:B/16,cifar10', '--config.lr=1'],
      r'--config.lr: no such field in configs/finetune.py:B/16,cifar10. Its fields are: .*'
      r'learning_rate'),
-    (['--config=configs/cifar10_scratch.py:x'], r'cifar10_scratch.py:x: Error whilst parsing '
-                                                r'config file: ValueError: .*a patch size that '
-                                                r'divides 32'),
+    (['--config=configs/nope.py'], r'--config=configs/nope.py: no such file'),
+    (['--config=configs/cifar10_scratch.py:x'], r'--config=configs/cifar10_scratch.py:x cannot '
+                                                r'build its config: ValueError: .*a patch size '
+                                                r'that divides 32'),
+    # Values (tests/test_validation.py has every kind, in-process).
     (['--config.batch_size=abc'], r'--config.batch_size=abc: invalid literal'),
-    (['--config.image_size=15'], r'Image size 15x15 is not a multiple of the patch size 4'),
+    (['--config.keep_checkpoints=0'], r'keep_checkpoints=0: at least the newest checkpoint'),
     (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': use digits, folder"),
+    # Launch settings, paths and files.
     (['--num_processes=2'], r'needs --coordinator_address'),
+    (['--num_processes=2', '--process_id=2'], r'--process_id=2 with --num_processes=2: give each '
+                                              r'process an id from 0 to 1'),
+    (['--workdir=/dev/null/run'], r'The workdir /dev/null/run cannot be created or written'),
     (['--config.init_from=/nowhere/Mixer-B_16.npz'], r'init_from=/nowhere/Mixer-B_16.npz does not '
                                                      r'exist: give an .npz, .pth'),
+    (['--config.init_from=/etc/hostname'], r'init_from=/etc/hostname is a file of unknown kind'),
 ])
-def test_bad_input_is_one_clear_message_without_traceback(tmp_path, flags, message):
+def test_bad_input_is_one_error_line_before_any_step_and_without_traceback(tmp_path, flags,
+                                                                           message):
   code, out = run_train_py(tmp_path, *flags)
-  assert code != 0
-  assert re.search(message, out), out
-  assert 'Traceback' not in out
+  assert code == 1 and re.search(message, error_line(out)), out
+  assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_a_second_run_on_a_busy_workdir_refuses_and_ctrl_c_stops_the_first_with_a_checkpoint(
+    tmp_path):
+  flags = ['--config.total_steps=5000', '--config.checkpoint_every=4000', '--config.log_every=5']
+  first = run_train_py(tmp_path, *flags, wait=False)
+  try:
+    wait_for(tmp_path / 'metrics.jsonl', first)
+    code, out = run_train_py(tmp_path, *flags)  # the same command again, as a retry would
+    first.send_signal(signal.SIGINT)
+    first_out, _ = first.communicate(timeout=120)
+  finally:
+    first.kill()
+  assert code == 1 and re.search(rf'error: {tmp_path} is in use by another run: process '
+                                 rf'{first.pid} on host \S+, started .*, heartbeat \d+ s ago',
+                                 error_line(out)), out
+  assert first.returncode == 0, first_out
+  stopped_at = int(re.search(r'Stopped at step (\d+) on SIGINT', first_out).group(1))
+  assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] == [str(stopped_at)]
+  records = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  steps = [json.loads(line)['step'] for line in records]
+  assert steps == sorted(set(steps))  # one writer
+  assert not (tmp_path / 'lock.json').exists()
+
+
+def no_test_folder(root):
+  shutil.rmtree(root / 'test')
+  return root
+
+
+@pytest.mark.parametrize('damage, message', [
+    (no_test_folder, r'Image folder .*/data/test does not exist'),
+    (class_unknown_to_train, r"Class folder 'lion' of .*test is missing from the training"),
+])
+def test_an_evaluation_split_that_cannot_be_read_stops_the_run_before_training(
+    tmp_path, damage, message):
+  config = folder_config(damage(make_image_folder(tmp_path / 'data')))
+  with pytest.raises(UserError, match=message):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path / 'run') == []
+
+
+def test_a_resume_names_changed_settings_and_a_run_past_total_steps_keeps_its_step(
+    tmp_path, monkeypatch, caplog):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  config = small_config(dataset='synthetic', num_classes=10, total_steps=10, checkpoint_every=10)
+  config.model.update(num_blocks=1, hidden_dim=16)  # compiles fast
+  trainer.train_and_evaluate(config, '~/run')
+  assert (tmp_path / 'run' / 'checkpoints' / '10').is_dir()  # ~ is the home folder
+  config.update(dict(total_steps=5, learning_rate=0.01))
+  results = trainer.train_and_evaluate(config, '~/run')
+  assert 'learning_rate: 0.003 -> 0.01; total_steps: 10 -> 5' in caplog.text
+  assert 'The checkpoint is at step 10, total_steps is 5: evaluating it without training' in (
+      caplog.text)
+  assert results['step'] == 10
+  assert json.loads((tmp_path / 'run' / 'results.json').read_text())['step'] == 10
 
 
 @pytest.mark.slow
@@ -183,7 +255,6 @@ def test_default_digits_run_reaches_95_percent(tmp_path):
 
 
 def test_image_folder_trains_and_evaluates_through_train_py(tmp_path):
-  from test_input_pipeline import make_image_folder
   root = make_image_folder(tmp_path / 'data')
   code, out = run_train_py(
       tmp_path / 'run', '--config.dataset=folder', f'--config.data_dir={root}',

@@ -1,0 +1,84 @@
+"""Config files (`configs/*.py` with `get_config(arg)`) named by a --config flag."""
+import importlib.util
+import os
+
+from absl import flags
+
+from mixer_jax import errors
+
+
+def config_arg(argv, default: str | None) -> str | None:
+  """The value of --config in argv ('path[:arg]'), else `default`."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg[len('--config='):]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return default
+
+
+def load(path_and_arg: str):
+  """The config that `path[:arg]` builds, without any --config.<field> overrides."""
+  path, _, arg = path_and_arg.partition(':')
+  module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
+  module.__loader__.exec_module(module)
+  return module.get_config(*([arg] if arg else []))
+
+
+def exit_unless_loadable(argv, default: str | None):
+  """Ends the program with one line when the --config file is missing or fails to build.
+
+  Call it before ml_collections' config_flags parses the flag: it reports these as tracebacks
+  or defers them to the first use of the config.
+  """
+  path = config_arg(argv, default)
+  if path is None:
+    return
+  if not os.path.isfile(path.partition(':')[0]):
+    errors.exit_with(f'error: --config={path}: no such file. The recipes are the files in '
+                     'configs/, e.g. --config=configs/digits.py.')
+  try:
+    load(path)
+  except Exception as e:  # the config file is the user's code: any error in it is theirs
+    errors.exit_with(f'error: --config={path} cannot build its config: {type(e).__name__}: {e}')
+
+
+def lookup(config, dotted: str, default=None):
+  """config.a.b for 'a.b', or `default` where a part is missing."""
+  for part in dotted.split('.'):
+    if not hasattr(config, 'keys') or part not in config.keys():
+      return default
+    config = config[part]
+  return config
+
+
+def _field_names(config, prefix=''):
+  for key, value in config.items():
+    yield from (_field_names(value, f'{prefix}{key}.') if hasattr(value, 'items')
+                else [f'{prefix}{key}'])
+
+
+def exit_on_unknown_fields(argv, config, error, default: str | None):
+  """Names every --config.<field> that the config file lacks, with the fields it has."""
+  path = config_arg(argv, default)
+  overrides = [arg.split('=')[0] for arg in argv[1:] if arg.startswith('--config.')]
+  if overrides and config is None and path:  # parsing stopped before the flag held its config
+    config = load(path)
+  missing = object()
+  unknown = [o for o in overrides
+             if config is not None and lookup(config, o[len('--config.'):], missing) is missing]
+  if not unknown:
+    message = str(error)
+    if 'Traceback' in message:  # raised by the config file's get_config: its message suffices
+      message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
+    errors.exit_with(f'error: {message} (--helpfull lists the flags).')
+  errors.exit_with(f'error: {", ".join(unknown)}: no such field in {path}. Its fields are: '
+                   f'{", ".join(sorted(_field_names(config)))}.')
+
+
+def parse_flags(argv, default: str | None):
+  """absl flag parsing for a program with a --config flag, mistakes reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError) as e:  # config_flags' overrides
+    exit_on_unknown_fields(argv, flags.FLAGS['config'].value, e, default)

@@ -1,0 +1,68 @@
+"""Every setting that cannot work stops the run before anything is read, written or compiled."""
+import pytest
+
+from configs import digits, finetune, synthetic
+from mixer_jax import trainer
+from mixer_jax.errors import UserError
+
+
+def digits_with(**fields):
+  config = digits.get_config()
+  for dotted, value in fields.items():
+    *parents, name = dotted.split('__')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
+def finetune_without_variant():
+  config = finetune.get_config('B/16,cifar10,smoke')
+  config.variant = ''
+  del config.model['num_blocks']
+  return config
+
+
+def synthetic_with_no_classes():
+  config = synthetic.get_config('S/32,smoke')
+  config.num_classes = 0
+  return config
+
+
+@pytest.mark.parametrize('config, message', [
+    # Counts and intervals: zero or negative ones crashed or looped (a modulo by 0 after training).
+    (digits_with(batch_size=0), r'batch_size=0: must be a positive integer'),
+    (digits_with(eval_every=0), r'eval_every=0: must be a positive integer'),
+    (digits_with(grad_accum_steps=-2), r'grad_accum_steps=-2: must be a positive integer'),
+    (digits_with(model__hidden_dim=0), r'model.hidden_dim=0: must be a positive integer'),
+    (synthetic_with_no_classes(), r'num_classes=0: must be a positive integer'),
+    (digits_with(warmup_steps=-1), r'warmup_steps=-1: must be 0 or more'),
+    (digits_with(learning_rate=0.0), r'learning_rate=0.0: must be more than 0'),
+    (digits_with(stoch_depth=1.0), r'stoch_depth=1.0: must be in \[0, 1\)'),
+    (digits_with(augment__max_shift=0.9), r'augment.max_shift=0.9: must be a fraction'),
+    # keep_checkpoints=0 made orbax delete every checkpoint, a resumed run's only state too.
+    (digits_with(keep_checkpoints=0), r'keep_checkpoints=0: at least the newest checkpoint'),
+    # Names.
+    (digits_with(dtype='f16'), r"dtype='f16' is not one of float32, bfloat16, float16"),
+    (digits_with(optimizer='adamw'), r"optimizer='adamw' is not one of adam, sgd"),
+    (digits_with(eval_split='validation'), r"eval_split='validation': 'digits' has only train "
+                                           r'and test'),
+    (digits_with(dataset='folder'), r'dataset=folder needs --config.data_dir'),
+    # The model.
+    (digits_with(variant='B/8'), r"variant='B/8' is not a Table 1 variant"),
+    (digits_with(variant='B/16'), r'variant=B/16 would have no effect: config.model sets all of '
+                                  r'its sizes \(num_blocks=4'),
+    (finetune_without_variant(), r'No model size for num_blocks'),
+    (digits_with(image_size=18), r'image_size=18 is not a multiple of the patch size 4: use 16 '
+                                 r'or 20'),
+])
+def test_a_setting_that_cannot_work_stops_the_run_before_it_touches_the_workdir(
+    tmp_path, config, message):
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints' / '100').mkdir(parents=True)  # an earlier run's state
+  (workdir / 'checkpoints' / '100' / 'state').write_text('keep me')
+  with pytest.raises(UserError, match=message):
+    trainer.train_and_evaluate(config, str(workdir))
+  assert sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob('*')) == [
+      'checkpoints', 'checkpoints/100', 'checkpoints/100/state']
