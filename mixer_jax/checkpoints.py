@@ -195,10 +195,11 @@ WEIGHT_KINDS = ('give an .npz, .pth, .bin or .safetensors file, a workdir, or a 
                 'checkpoints/<step> folder')
 
 
-def load_params(path, setting: str = 'init_from') -> dict[str, Any]:
+def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[str, Any]:
   """Parameters from an .npz, a timm file, or one of our workdirs / orbax step folders.
 
-  `path` may be a gs:// URL; `setting` names it in errors.
+  `path` may be a gs:// URL; `setting` names it in errors. With `mixer`, parameters that are not
+  a Mixer's are an error; without, a workdir of any model loads (the studies' baselines).
   """
   resolved = paths.resolve(path)
   if not resolved.exists():
@@ -211,7 +212,7 @@ def load_params(path, setting: str = 'init_from') -> dict[str, Any]:
     params = _load_orbax_params(resolved, f'{setting}={path}')
   else:
     raise UserError(f'{setting}={path} is a file of unknown kind: {WEIGHT_KINDS}.')
-  if not {'stem', 'MixerBlock_0'} <= params.keys():
+  if mixer and not {'stem', 'MixerBlock_0'} <= params.keys():
     raise UserError(f'{setting}={path} holds no Mixer parameters (it has '
                     f'{", ".join(sorted(params)[:8]) or "nothing"}): {WEIGHT_KINDS}.')
   return params

@@ -179,7 +179,8 @@ def test_only(values, recipe, models, kinds, patch_size) -> tuple:
   num_classes = input_pipeline.num_classes(recipe)
   for model in models:
     train(values, recipe, model, 'original', patch_size)
-    params = checkpoints.load_params(os.path.join(values.workdir, f'{model}_original'))
+    params = checkpoints.load_params(os.path.join(values.workdir, f'{model}_original'),
+                                     mixer=model == 'mixer')
     net = BUILDERS[model](run_config(recipe, values, 'original', patch_size), num_classes)
     state = replicated_state(net, params, mesh)
     for kind in kinds:

@@ -90,7 +90,7 @@ def token_grid(params, block: str) -> tuple[np.ndarray, int]:
 
 
 def stem_kernel(params) -> np.ndarray:
-  kernel = np.asarray(params.get('stem', {}).get('kernel', np.zeros(0)))
+  kernel = np.asarray(params['stem']['kernel'])  # load_params requires a stem
   if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
     raise UserError(f'stem/kernel has shape {kernel.shape}: expected (P, P, channels, C).')
   return kernel
@@ -142,7 +142,7 @@ def main(argv: Sequence[str]) -> None:
     raise UserError('Give the weights with --weights=PATH.')
   blocks = study.int_list(values.blocks, 'blocks', minimum=0)
   columns = values.columns + values.columns % 2
-  params = checkpoints.load_params(values.weights)
+  params = checkpoints.load_params(values.weights, '--weights')
   stem = stem_kernel(params)
   present = [b for b in blocks if f'MixerBlock_{b}' in params]
   if not present:

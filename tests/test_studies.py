@@ -229,10 +229,13 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, tiny_mixer_params
   checkpoints.save_npz(bad, tmp_path / 'bad.npz')
   no_stem = {k: v for k, v in tiny_mixer_params.items() if k != 'stem'}
   checkpoints.save_npz(no_stem, tmp_path / 'no_stem.npz')
+  flat_stem = {**tiny_mixer_params, 'stem': {'kernel': np.zeros((4, 4)), 'bias': np.zeros(4)}}
+  checkpoints.save_npz(flat_stem, tmp_path / 'flat_stem.npz')
   for arguments, message in [
       ([f'--weights={tmp_path}/bad.npz'], r'kernel has shape \(15, 6\): expected \(tokens, hidden '
                                            r'units\) with a square number of tokens'),
-      ([f'--weights={tmp_path}/no_stem.npz'], r'stem/kernel has shape \(0,\)'),
+      ([f'--weights={tmp_path}/no_stem.npz'], r'--weights=.*no_stem.npz holds no Mixer parameters'),
+      ([f'--weights={tmp_path}/flat_stem.npz'], r'stem/kernel has shape \(4, 4\)'),
       ([f'--weights={tmp_path}/bad.npz', '--blocks=4'], 'no block among 4: they have 2 blocks'),
       ([f'--weights={tmp_path}/missing.npz'], 'does not exist'),
       ([f'--weights={tmp_path}/bad.npz', '--blocks=first'], '--blocks takes integers of at least 0'),
