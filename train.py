@@ -21,6 +21,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, 'configs', 'digits.py')
 
 
+sys.argv[:] = config_files.expand_home(sys.argv)
 config_files.exit_unless_loadable(sys.argv, _DEFAULT_CONFIG)  # before config_flags loads it
 try:  # config_flags applies --config.<field> overrides already here, at definition
   config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (configs/*.py).',

@@ -17,6 +17,13 @@ def config_arg(argv, default: str | None) -> str | None:
   return default
 
 
+def expand_home(argv: list[str]) -> list[str]:
+  """argv with `--config=~/...` expanded, as the shell expands `--config ~/...`."""
+  flag = '--config='
+  return [flag + os.path.expanduser(a[len(flag):]) if a.startswith(flag + '~') else a
+          for a in argv]
+
+
 def load(path_and_arg: str):
   """The config that `path[:arg]` builds, without any --config.<field> overrides."""
   path, _, arg = path_and_arg.partition(':')

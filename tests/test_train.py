@@ -287,3 +287,15 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
   with pytest.raises(UserError, match=r'per-device batch \(128\) does not split into '
                      r'grad_accum_steps=3'):
     trainer.train_and_evaluate(small_config(grad_accum_steps=3), str(tmp_path / 'bad'))
+
+
+def test_a_config_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path):
+  (tmp_path / 'mine.py').write_text((ROOT / 'configs' / 'digits.py').read_text())
+  run = subprocess.run(
+      [sys.executable, str(ROOT / 'train.py'), '--config=~/mine.py', '--config.batch_size=0',
+       f'--workdir={tmp_path / "run"}'], cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'HOME': str(tmp_path), 'JAX_PLATFORMS': 'cpu'})
+  # The file was found and built: the override is what stops it, before anything is written.
+  assert run.returncode == 1 and 'Traceback' not in run.stderr
+  assert run.stderr.strip().splitlines()[-1].startswith('error: batch_size=0: must be a positive')
+  assert not (tmp_path / 'run').exists()
