@@ -32,16 +32,16 @@ def best_by(lines, *keys) -> dict:
   return best
 
 
-def throughput_table(lines) -> list[str]:
+def markdown_table(lines, mfu_targets=None) -> list[str]:
+  """Each variant and mode at every implementation's best batch, side by side, with ours over
+  the reference where both ran, and each target MFU met or missed where `mfu_targets` name one."""
   impls = list(dict.fromkeys(r['impl'] for r in lines))
+  ratio_column = {'ours', 'reference'} <= set(impls)
   best = best_by(lines, 'variant', 'mode', 'impl')
-  r0 = lines[0]
-  out = [f"Device: {r0['devices']}x {r0['device_kind']}, {r0['dtype']}, {r0['resolution']}px, "
-         f"jax {r0['jax_version']}; matmul rate {r0['matmul_tflops_per_sec_per_device']:.3g} "
-         f"TFLOP/s; ours = the {best.get((r0['variant'], r0['mode'], 'ours'), r0)['formulation']}"
-         ' formulation.', '',
-         '| variant | mode | ' + ' | '.join(f'{i}: img/s (batch), MFU' for i in impls)
-         + ' | ours / reference | target MFU |', '|' + ' --- |' * (len(impls) + 4)]
+  out = ['| variant | mode | ' + ' | '.join(f'{i}: img/s (batch), MFU' for i in impls)
+         + (' | ours / reference' if ratio_column else '')
+         + (' | target MFU' if mfu_targets else '') + ' |',
+         '|' + ' --- |' * (len(impls) + 2 + ratio_column + bool(mfu_targets))]
   for variant, mode in dict.fromkeys((r['variant'], r['mode']) for r in lines):
     cells = []
     for impl in impls:
@@ -49,12 +49,24 @@ def throughput_table(lines) -> list[str]:
       cells.append(f"{r['images_per_sec']:,.0f} ({r['batch_per_device']}), {r['mfu']:.1%}"
                    if r else '-')
     ours, ref = best.get((variant, mode, 'ours')), best.get((variant, mode, 'reference'))
-    ratio = f"{ours['images_per_sec'] / ref['images_per_sec']:.2f}x" if ours and ref else '-'
-    target = MFU_TARGETS.get((variant, mode))
-    met = '' if target is None or not ours else (' met' if ours['mfu'] >= target else ' missed')
-    out.append(f'| {variant} | {mode} | ' + ' | '.join(cells) + f' | {ratio} | '
-               + (f'{target:.0%}{met}' if target else '-') + ' |')
+    if ratio_column:
+      cells.append(f"{ours['images_per_sec'] / ref['images_per_sec']:.2f}x" if ours and ref
+                   else '-')
+    if mfu_targets:
+      target = mfu_targets.get((variant, mode))
+      met = '' if target is None or not ours else (' met' if ours['mfu'] >= target else ' missed')
+      cells.append(f'{target:.0%}{met}' if target else '-')
+    out.append(f'| {variant} | {mode} | ' + ' | '.join(cells) + ' |')
   return out
+
+
+def throughput_table(lines) -> list[str]:
+  r0 = lines[0]
+  ours = next((r for r in lines if r['impl'] == 'ours'), r0)
+  return [f"Device: {r0['devices']}x {r0['device_kind']}, {r0['dtype']}, {r0['resolution']}px, "
+          f"jax {r0['jax_version']}; matmul rate {r0['matmul_tflops_per_sec_per_device']:.3g} "
+          f"TFLOP/s; ours = the {ours['formulation']} formulation.", '',
+          *markdown_table(lines, MFU_TARGETS)]
 
 
 def train_loop_lines(metrics, throughput) -> list[str]:

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mixer_jax import flops, formulations, host, models, optim, steps  # noqa: E402
+from benchmarks import accelerator_summary  # noqa: E402
+from mixer_jax import errors, flops, formulations, host, models, optim, steps  # noqa: E402
 
 # Per-device batch sizes tried on accelerators (`--batch_size=auto`), smallest first. Each
 # costs a compilation of every step (15-60 s on an H200): B/16 at 256 was 2% slower than at 512.
@@ -93,35 +94,31 @@ _TIMM_NAMES = {'S/32': 'mixer_s32_224', 'S/16': 'mixer_s16_224', 'B/32': 'mixer_
                'B/16': 'mixer_b16_224', 'L/32': 'mixer_l32_224', 'L/16': 'mixer_l16_224'}
 
 
-class UsageError(Exception):
-  """A flag value that cannot work; printed as one line."""
-
-
 def check_flags() -> list[str]:
-  """The variants to measure; raises UsageError naming a bad flag value and the fix."""
+  """The variants to measure; raises UserError naming a bad flag value and the fix."""
   unknown = [i for i in _IMPL.value if i not in _IMPLS]
   if unknown or not _IMPL.value:
-    raise UsageError(f'--impl={",".join(_IMPL.value)}: unknown {", ".join(unknown) or "(none)"};'
+    raise errors.UserError(f'--impl={",".join(_IMPL.value)}: unknown {", ".join(unknown) or "(none)"};'
                      f' choose from {", ".join(_IMPLS)}.')
   variants = list(models.VARIANTS) if _VARIANT.value == ['all'] else _VARIANT.value
   bad = [v for v in variants if v not in models.VARIANTS]
   if bad or not variants:
-    raise UsageError(f'--variant={",".join(_VARIANT.value)}: unknown {", ".join(bad)}; choose '
+    raise errors.UserError(f'--variant={",".join(_VARIANT.value)}: unknown {", ".join(bad)}; choose '
                      f'from {", ".join(models.VARIANTS)} or all.')
   if _BATCH.value != ['auto'] and not all(b.isdigit() and int(b) > 0 for b in _BATCH.value):
-    raise UsageError(f'--batch_size={",".join(_BATCH.value)}: give positive integers or auto.')
+    raise errors.UserError(f'--batch_size={",".join(_BATCH.value)}: give positive integers or auto.')
   for name, flag in (('resolution', _RESOLUTION), ('repeats', _REPEATS)):
     if flag.value < 1:
-      raise UsageError(f'--{name}={flag.value}: must be at least 1.')
+      raise errors.UserError(f'--{name}={flag.value}: must be at least 1.')
   for name, flag in (('steps', _STEPS), ('matmul_size', _MATMUL_SIZE), ('devices', _DEVICES),
                      ('compile_threads', _COMPILE_THREADS), ('deadline', _DEADLINE)):
     if flag.value < 0:
-      raise UsageError(f'--{name}={flag.value}: must be 0 (automatic) or positive.')
+      raise errors.UserError(f'--{name}={flag.value}: must be 0 (automatic) or positive.')
   if _DEVICES.value > jax.device_count():
-    raise UsageError(f'--devices={_DEVICES.value}: only {jax.device_count()} here.')
+    raise errors.UserError(f'--devices={_DEVICES.value}: only {jax.device_count()} here.')
   patches = sorted({models.VARIANTS[v]['patch_size'] for v in variants})
   if any(_RESOLUTION.value % p for p in patches):
-    raise UsageError(f'--resolution={_RESOLUTION.value} is not a multiple of the patch sizes '
+    raise errors.UserError(f'--resolution={_RESOLUTION.value} is not a multiple of the patch sizes '
                      f'{", ".join(map(str, patches))}: use a common multiple (e.g. 224).')
   return variants
 
@@ -514,13 +511,11 @@ def report(r: dict) -> None:
         f"{r['matmul_tflops_per_sec_per_device'] * 1e3:.0f} GFLOP/s){memory}{same}", flush=True)
 
 
+@errors.reported
 def main(argv):
   del argv
   kept = _KEEP_MEMORY.value and host.keep_freed_memory_on_cpu()  # before JAX's backend starts
-  try:
-    variants = check_flags()
-  except UsageError as e:
-    sys.exit(f'error: {e}')
+  variants = check_flags()
   start = time.perf_counter()
   devices = jax.devices()[:_DEVICES.value or None]
   mesh = jax.make_mesh((len(devices),), (steps.AXIS,), devices=devices,
@@ -576,27 +571,9 @@ def main(argv):
         print(f'ours, {mode}, best batches: {ratios or "nothing to compare"}', flush=True)
       best_lines += best.values()
     variant.release()
-  if len(variants) > 1:
-    print_table(best_lines)
-
-
-def print_table(lines: list[dict]) -> None:
-  """Markdown: each variant and mode at its best batch, every implementation side by side."""
-  if not lines:
-    return
-  impls = list(dict.fromkeys(r['impl'] for r in lines))
-  print('\n| variant | mode | ' + ' | '.join(f'{i}: img/s (batch), MFU' for i in impls) +
-        (' | ours / reference |' if {'ours', 'reference'} <= set(impls) else ' |'))
-  print('|' + ' --- |' * (len(impls) + 2 + ({'ours', 'reference'} <= set(impls))))
-  for key in dict.fromkeys((r['variant'], r['mode']) for r in lines):
-    row = {r['impl']: r for r in lines if (r['variant'], r['mode']) == key}
-    cells = [f"{row[i]['images_per_sec']:,.0f} ({row[i]['batch_per_device']}), "
-             f"{row[i]['mfu']:.1%}" if i in row else '-' for i in impls]
-    if {'ours', 'reference'} <= set(impls):
-      cells.append(f"{row['ours']['images_per_sec'] / row['reference']['images_per_sec']:.2f}x"
-                   if {'ours', 'reference'} <= set(row) else '-')
-    print(f'| {key[0]} | {key[1]} | ' + ' | '.join(cells) + ' |')
+  if len(variants) > 1 and best_lines:
+    print('\n' + '\n'.join(accelerator_summary.markdown_table(best_lines)))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)
