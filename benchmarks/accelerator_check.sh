@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The accelerator check: everything a GPU (or TPU) session has to show, in one command.
 #
-#   bash benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR] [--budget SECONDS] [--tiny]
+#   bash benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR]... [--budget SECONDS]
+#        [--variants LIST] [--steps LIST] [--tiny]
 #
 # In order, each step's output in OUT_DIR (at most 6 files, all logged to check.log too):
 #   1. throughput.jsonl  the sweep of benchmarks/throughput.py: all seven variants, bfloat16,
@@ -15,33 +16,46 @@
 #                        (needs TensorFlow; skipped with the reason where it is missing);
 #   5. summary.md        the tables of benchmarks/accelerator_summary.py, against the targets.
 # --budget (default 480 s) bounds the whole check: the sweep stops starting measurements when
-# the later steps' share is reached. Compiled programs go to a persistent cache
-# ($JAX_COMPILATION_CACHE_DIR, default /tmp/mixer_jax_cache), so repeated shapes compile once
-# and a second run on the same machine skips compilation.
+# the later steps' share is reached. --variants (comma-separated, default all seven) and --steps
+# (some of sweep,train,tests,pipeline; default all) split the work between calls; a later call
+# appends to the same OUT_DIR, and the summary reads whatever is there. Compiled programs go to
+# a persistent cache ($JAX_COMPILATION_CACHE_DIR, default /tmp/mixer_jax_cache), so repeated
+# shapes compile once and a second run on the same machine skips compilation.
 #
 # A machine with JAX but without this project's other dependencies (a lent GPU without network)
 # gets them as wheels: download them where pip works, for the machine's Python, e.g.
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections
 # and pass --wheels .whl; they are installed into a temporary folder, not into the system.
 # train.py on synthetic data and the tests need JAX, flax, optax, orbax-checkpoint, einops and
-# ml_collections; TensorFlow (for the input pipeline) is a 260 MB wheel.
+# ml_collections; the input pipeline TensorFlow (a 260 MB wheel) and tensorflow-datasets. Where
+# transfers are limited in size, a wheel can travel in pieces, `split -b 50M X.whl X.whl.part-`
+# (with `sha256sum X.whl > X.whl.sha256` beside them), over several calls or folders: each
+# --wheels folder's X.whl.part-* are joined, in name order, and checked against X.whl.sha256.
 #
 # --tiny rehearses every step on a CPU in about a minute (S/32 at 64 px, batch 2, one test):
 # tests/test_benchmarks.py runs it so that the script cannot break unseen.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR] [--budget SECONDS] [--tiny]}
+usage='benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR]... [--budget SECONDS] [--variants LIST] [--steps LIST] [--tiny]'
+out=${1:?usage: $usage}
 shift
-wheels='' budget=480 tiny=0
+wheels=() budget=480 tiny=0 variants='' steps=sweep,train,tests,pipeline
 while [ $# -gt 0 ]; do
   case "$1" in
-    --wheels) wheels=${2:?--wheels needs a folder}; shift 2 ;;
+    --wheels) wheels+=("${2:?--wheels needs a folder}"); shift 2 ;;
     --budget) budget=${2:?--budget needs seconds}; shift 2 ;;
+    --variants) variants=${2:?--variants needs a list, e.g. S/32,L/16}; shift 2 ;;
+    --steps) steps=${2:?--steps needs some of sweep,train,tests,pipeline}; shift 2 ;;
     --tiny) tiny=1; shift ;;
-    *) echo "error: unknown argument $1 (use --wheels DIR, --budget SECONDS, --tiny)" >&2; exit 2 ;;
+    *) echo "error: unknown argument $1 (usage: $usage)" >&2; exit 2 ;;
   esac
 done
 [[ "$budget" =~ ^[0-9]+$ ]] || { echo "error: --budget $budget: give whole seconds" >&2; exit 2; }
+for step in ${steps//,/ }; do
+  [[ "$step" =~ ^(sweep|train|tests|pipeline)$ ]] \
+    || { echo "error: --steps: unknown step $step (use some of sweep,train,tests,pipeline)" >&2; exit 2; }
+done
+runs() { [[ ",$steps," == *",$1,"* ]]; }
 mkdir -p "$out" || { echo "error: cannot create $out" >&2; exit 2; }
 out=$(cd "$out" && pwd)
 exec > >(tee -a "$out/check.log") 2>&1
@@ -49,11 +63,33 @@ start=$SECONDS
 elapsed() { echo $((SECONDS - start)); }
 failed=()
 
-if [ -n "$wheels" ]; then
-  ls "$wheels"/*.whl >/dev/null 2>&1 || { echo "error: no .whl files in $wheels"; exit 2; }
+if [ ${#wheels[@]} -gt 0 ]; then
   site=$(mktemp -d /tmp/mixer_jax_site.XXXX)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
-    "$wheels"/*.whl || { echo "error: the wheels in $wheels did not install"; exit 2; }
+  whl=()
+  for dir in "${wheels[@]}"; do
+    [ -d "$dir" ] || { echo "error: --wheels $dir: no such folder"; exit 2; }
+    for first in "$dir"/*.whl.part-*; do  # a wheel in pieces: join them once, at the first
+      [ -e "$first" ] || break
+      name=${first%.part-*}
+      [ -e "$site/pieces/${name##*/}" ] && continue
+      mkdir -p "$site/pieces"
+      pieces=("$name".part-*)
+      cat "${pieces[@]}" > "$site/pieces/${name##*/}"
+      if [ -e "$name.sha256" ]; then
+        [ "$(sha256sum < "$site/pieces/${name##*/}" | cut -d' ' -f1)" = "$(cut -d' ' -f1 "$name.sha256")" ] \
+          || { echo "error: ${name##*/}: its ${#pieces[@]} pieces in $dir do not match $name.sha256; a piece is missing or damaged: carry all of them"; exit 2; }
+      fi
+      echo "joined ${name##*/} from ${#pieces[@]} pieces"
+      whl+=("$site/pieces/${name##*/}")
+    done
+    for w in "$dir"/*.whl; do [ -e "$w" ] && whl+=("$w"); done
+  done
+  [ ${#whl[@]} -gt 0 ] || { echo "error: no .whl files (or pieces) in ${wheels[*]}"; exit 2; }
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --target "$site" "${whl[@]}" \
+    || { echo "error: the wheels in ${wheels[*]} did not install"; exit 2; }
+  echo "installed ${#whl[@]} wheels: ${whl[*]##*/}"
+  rm -rf "$site/pieces"
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
@@ -75,28 +111,34 @@ if [ "$tiny" = 1 ]; then
   train_steps=(--config.total_steps=4 --config.log_every=2)
   tests=(tests/test_models.py -k test_parameter_names_match_official_checkpoints)
   pipeline=(--seconds=1 --num_images=8 --image_size=64)
-  reserve=0
+  share=(train 0 tests 0 pipeline 0)
 else
-  # The later steps' share of the budget: train.py ~70 s, tests ~70 s, input pipeline ~30 s.
-  sweep=(--variant=B/16,S/32,L/16,H/14,S/16,B/32,L/32 --batch_size=auto --dtype=bfloat16
-         --impl=ours,reference,token_major)
+  sweep=(--variant=${variants:-B/16,S/32,L/16,H/14,S/16,B/32,L/32} --batch_size=auto
+         --dtype=bfloat16 --impl=ours,reference,token_major)
   train=(--config=configs/synthetic.py:B/16)
   train_steps=(--config.total_steps=150 --config.log_every=50)
   tests=(tests/test_models.py tests/test_steps.py tests/test_checkpoints.py tests/test_synthetic.py)
   python3 -c 'import xdist' 2>/dev/null && tests+=(-n 8)  # pytest-xdist: compile in parallel
   pipeline=(--seconds=10)
-  reserve=170
+  share=(train 70 tests 70 pipeline 30)  # seconds of the budget the later steps take
+fi
+reserve=0
+for ((i = 0; i < ${#share[@]}; i += 2)); do
+  runs "${share[i]}" && reserve=$((reserve + share[i + 1]))
+done
+
+if runs sweep; then
+  echo "== 1. throughput sweep (t=$(elapsed) s)"
+  deadline=$((budget > reserve ? budget - reserve : 1))
+  # The deadline stops new measurements; the timeout also ends a compilation that never returns.
+  XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} timeout $((deadline + 150)) \
+    python3 benchmarks/throughput.py "${sweep[@]}" --mode=both --deadline=$deadline \
+    --compile_threads=${COMPILE_THREADS:-0} --json_out="$out/throughput.jsonl" || failed+=(throughput)
 fi
 
-echo "== 1. throughput sweep (t=$(elapsed) s)"
-deadline=$((budget > reserve ? budget - reserve : 1))
-# The deadline stops new measurements; the timeout also ends a compilation that never returns.
-XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} timeout $((deadline + 150)) \
-  python3 benchmarks/throughput.py "${sweep[@]}" --mode=both --deadline=$deadline \
-  --compile_threads=${COMPILE_THREADS:-0} --json_out="$out/throughput.jsonl" || failed+=(throughput)
-
-echo "== 2. train.py on synthetic data (t=$(elapsed) s)"
-batch=$(python3 - "$out/throughput.jsonl" "${train[0]#*:}" <<'EOF'
+if runs train; then
+  echo "== 2. train.py on synthetic data (t=$(elapsed) s)"
+  batch=$(python3 - "$out/throughput.jsonl" "${train[0]#*:}" <<'EOF'
 import json, sys
 variant = sys.argv[2].split(',')[0]
 try:
@@ -107,24 +149,29 @@ best = max((r for r in lines if r['impl'] == 'ours' and r['mode'] == 'train'
             and r['variant'] == variant), key=lambda r: r['images_per_sec'], default=None)
 print(best['batch_per_device'] * best['devices'] if best else '')
 EOF
-)
-workdir=$(mktemp -d /tmp/mixer_jax_synthetic.XXXX)
-python3 train.py "${train[@]}" --workdir="$workdir" ${batch:+--config.batch_size=$batch} \
-  ${batch:+--config.eval_batch_size=$batch} "${train_steps[@]}" \
-  && cp "$workdir/metrics.jsonl" "$out/train_synthetic.jsonl" || failed+=(train.py)
-echo "{\"config\": \"${train[0]#*=}\", \"batch_size\": ${batch:-0}}" >> "$out/train_synthetic.jsonl"
-rm -rf "$workdir"
+  )
+  workdir=$(mktemp -d /tmp/mixer_jax_synthetic.XXXX)
+  python3 train.py "${train[@]}" --workdir="$workdir" ${batch:+--config.batch_size=$batch} \
+    ${batch:+--config.eval_batch_size=$batch} "${train_steps[@]}" \
+    && cp "$workdir/metrics.jsonl" "$out/train_synthetic.jsonl" || failed+=(train.py)
+  echo "{\"config\": \"${train[0]#*=}\", \"batch_size\": ${batch:-0}}" >> "$out/train_synthetic.jsonl"
+  rm -rf "$workdir"
+fi
 
-echo "== 3. tests on $(python3 -c 'import jax; print(jax.default_backend())') (t=$(elapsed) s)"
-XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -p no:cacheprovider "${tests[@]}" \
-  2>&1 | tee "$out/tests.log" || failed+=(tests)
+if runs tests; then
+  echo "== 3. tests on $(python3 -c 'import jax; print(jax.default_backend())') (t=$(elapsed) s)"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -p no:cacheprovider "${tests[@]}" \
+    2>&1 | tee "$out/tests.log" || failed+=(tests)
+fi
 
-echo "== 4. host input pipeline (t=$(elapsed) s)"
-if python3 -c 'import tensorflow, tensorflow_datasets' 2>/dev/null; then
-  JAX_PLATFORMS=cpu python3 benchmarks/input_pipeline.py "${pipeline[@]}" \
-    --json_out="$out/input_pipeline.jsonl" || failed+=(input_pipeline)
-else
-  echo "skipped: TensorFlow and tensorflow-datasets do not import here (the input pipeline is tf.data)"
+if runs pipeline; then
+  echo "== 4. host input pipeline (t=$(elapsed) s)"
+  if why=$(python3 -c 'import tensorflow, tensorflow_datasets' 2>&1); then
+    JAX_PLATFORMS=cpu python3 benchmarks/input_pipeline.py "${pipeline[@]}" \
+      --json_out="$out/input_pipeline.jsonl" || failed+=(input_pipeline)
+  else
+    echo "skipped: TensorFlow and tensorflow-datasets do not import here (the input pipeline is tf.data): $(tail -1 <<< "$why")"
+  fi
 fi
 
 echo "== 5. summary (t=$(elapsed) s)"

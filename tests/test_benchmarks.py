@@ -1,9 +1,12 @@
 """benchmarks/: the throughput tool's counts and arithmetic, and the core-days estimator."""
+import hashlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -21,12 +24,36 @@ def mixer_forward_flops(variant: str, resolution: int, num_classes: int = 1000) 
   return 2 * s * (p * p * 3) * c + v['num_blocks'] * per_block + 2 * c * num_classes
 
 
+def wheel_in_pieces(folder, piece_bytes: int = 200) -> bytes:
+  """A small pure-Python wheel, split as `split -b` would, with its sha256 beside the pieces."""
+  buffer = io.BytesIO()
+  info = 'check_probe-1.0.dist-info'
+  files = {'check_probe.py': 'ANSWER = 42\n',
+           f'{info}/METADATA': 'Metadata-Version: 2.1\nName: check-probe\nVersion: 1.0\n',
+           f'{info}/WHEEL': 'Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n'
+                            'Tag: py3-none-any\n'}
+  files[f'{info}/RECORD'] = ''.join(f'{name},,\n' for name in [*files, f'{info}/RECORD'])
+  with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as z:
+    for name, text in files.items():
+      z.writestr(name, text)
+  data = buffer.getvalue()
+  name = folder / 'check_probe-1.0-py3-none-any.whl'
+  for i in range(0, len(data), piece_bytes):
+    (folder / f'{name.name}.part-a{chr(ord("a") + i // piece_bytes)}').write_bytes(
+        data[i:i + piece_bytes])
+  (folder / f'{name.name}.sha256').write_text(f'{hashlib.sha256(data).hexdigest()}  {name}\n')
+  return data
+
+
 @pytest.fixture(scope='module')
 def check(tmp_path_factory):
-  """benchmarks/accelerator_check.sh rehearsed on this CPU at tiny sizes: every step runs."""
-  out = tmp_path_factory.mktemp('check')
-  run = subprocess.run(['bash', 'benchmarks/accelerator_check.sh', str(out), '--tiny'], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+  """benchmarks/accelerator_check.sh rehearsed on this CPU at tiny sizes: every step runs, with
+  a wheel that travelled in pieces."""
+  out, wheels = tmp_path_factory.mktemp('check'), tmp_path_factory.mktemp('wheels')
+  wheel_in_pieces(wheels)
+  run = subprocess.run(['bash', 'benchmarks/accelerator_check.sh', str(out), '--tiny',
+                        '--wheels', str(wheels)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
   assert run.returncode == 0, run.stdout[-3000:]
   lines = [json.loads(line) for line in (out / 'throughput.jsonl').read_text().splitlines()]
   return out, lines, run.stdout
@@ -64,6 +91,36 @@ def test_accelerator_check_runs_every_step_and_summarises_them(check):
   assert [p['randaug_layers'] for p in pipeline] == [2, 0]
   assert f"| {pipeline[0]['images_per_sec']:,.1f} | S/32 trains at" in summary
   assert re.search(r'Tests: 1 passed', summary)
+  joined = re.search(r'joined check_probe-1.0-py3-none-any.whl from (\d+) pieces\n'
+                     r'installed 1 wheels: check_probe-1.0-py3-none-any.whl', stdout)
+  assert joined and int(joined[1]) > 1
+
+
+def test_accelerator_check_refuses_a_wheel_with_a_missing_piece_before_anything_runs(tmp_path):
+  wheels = tmp_path / 'wheels'
+  wheels.mkdir()
+  wheel_in_pieces(wheels)
+  pieces = sorted(wheels.glob('*.part-*'))
+  pieces[1].unlink()  # a piece that did not travel
+  run = subprocess.run(['bash', 'benchmarks/accelerator_check.sh', str(tmp_path / 'out'),
+                        '--tiny', '--wheels', str(wheels)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+  assert run.returncode == 2
+  assert (f'error: check_probe-1.0-py3-none-any.whl: its {len(pieces) - 1} pieces in '
+          in run.stdout
+          and 'a piece is missing or damaged' in run.stdout), run.stdout
+  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['check.log']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--steps', 'sweep,bench'], '--steps: unknown step bench'),
+    (['--wheels', '/nonexistent'], '--wheels /nonexistent: no such folder'),
+    (['--budget', '8m'], '--budget 8m: give whole seconds'),
+])
+def test_accelerator_check_arguments_are_checked(tmp_path, args, message):
+  run = subprocess.run(['bash', 'benchmarks/accelerator_check.sh', str(tmp_path), *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert run.returncode == 2 and f'error: {message}' in run.stdout + run.stderr
 
 
 def test_throughput_counts_model_flops_by_the_formula(check):
