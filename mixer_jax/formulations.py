@@ -16,7 +16,7 @@ from flax.linen.dtypes import promote_dtype
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mixer_jax import models
+from mixer_jax import fused_token_mlp, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Formulation:
   # that XLA's CPU backend runs them on YNNPACK instead of Eigen (which took 0.78 of the matmul
   # rate): 1.6-3.2% of an S/32 or B/16 training step (2026-11-27). Needs token_major.
   cpu_matmuls: bool = False
+  # The token-mixing MLP as Pallas kernels (mixer_jax/fused_token_mlp.py): its hidden units never
+  # reach device memory. Needs token_major; GPU (Triton), tanh GELU. Compiled for sm_90 without
+  # spills (benchmarks/kernel_report.py); not yet timed on a GPU, so in no platform's choice.
+  fused_token_mlp: bool = False
 
 
 PLAIN = Formulation()
@@ -53,6 +57,7 @@ NAMED = {
     'token_major': Formulation(token_major=True, matmul_stem=True),
     'matmul_stem': Formulation(matmul_stem=True),
     'cpu': MEASURED['cpu'],
+    'fused': Formulation(token_major=True, matmul_stem=True, fused_token_mlp=True),
 }
 
 
@@ -171,6 +176,18 @@ class TokenDense(nn.Module):
     return kernel.T @ x + bias[:, None]
 
 
+class DenseParams(nn.Module):
+  """nn.Dense's parameters alone, in the compute dtype, for a kernel that applies them."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (in_features, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    return promote_dtype(kernel, bias, dtype=self.dtype)
+
+
 class TokenMajorMlpBlock(nn.Module):
   """models.MlpBlock over the last axis, or the first with `over_first_axis`, as 2-D matmuls."""
   mlp_dim: int
@@ -178,6 +195,7 @@ class TokenMajorMlpBlock(nn.Module):
   cpu_matmuls: bool
   approximate_gelu: bool = True
   dtype: Any = jnp.float32
+  fused: bool = False  # over the first axis: fused_token_mlp's kernels, where they apply
 
   @nn.compact
   def __call__(self, x):
@@ -187,6 +205,13 @@ class TokenMajorMlpBlock(nn.Module):
     y = x
     if not any(jax.typeof(x).sharding.spec):
       y = x.reshape(n, -1) if self.over_first_axis else x.reshape(-1, n)
+      if self.fused and fused_token_mlp.supports(n, y.shape[1], self.mlp_dim,
+                                                 self.approximate_gelu):
+        w1, b1 = DenseParams(self.mlp_dim, self.dtype, name='Dense_0')(n)
+        w2, b2 = DenseParams(n, self.dtype, name='Dense_1')(self.mlp_dim)
+        y, = promote_dtype(y, dtype=self.dtype)
+        return fused_token_mlp.token_mlp(y, w1, b1, w2, b2, interpret=jax.default_backend()
+                                         != 'gpu').reshape(x.shape)
     if self.over_first_axis:
       dense = functools.partial(TokenDense, cpu_matmuls=self.cpu_matmuls, dtype=self.dtype)
     else:
@@ -200,6 +225,7 @@ class TokenMajorMlpBlock(nn.Module):
 class TokenMajorMixerBlock(models.MixerBlock):
   """models.MixerBlock on token-major activations x_SBC."""
   cpu_matmuls: bool = False
+  fused_token_mlp: bool = False
 
   @nn.compact
   def __call__(self, x_SBC, train: bool = False):
@@ -207,13 +233,18 @@ class TokenMajorMixerBlock(models.MixerBlock):
     mlp = functools.partial(TokenMajorMlpBlock, cpu_matmuls=self.cpu_matmuls,
                             approximate_gelu=self.approximate_gelu, dtype=self.dtype)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x_SBC)
-    x_SBC = x_SBC + drop_path(mlp(self.tokens_mlp_dim, True, name='token_mixing')(y))
+    token_mixing = mlp(self.tokens_mlp_dim, True, fused=self.fused_token_mlp, name='token_mixing')
+    x_SBC = x_SBC + drop_path(token_mixing(y))
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_1')(x_SBC)
     return x_SBC + drop_path(mlp(self.channels_mlp_dim, False, name='channel_mixing')(y))
 
 
 class CpuTokenMajorMixerBlock(TokenMajorMixerBlock):
   cpu_matmuls: bool = True
+
+
+class FusedTokenMajorMixerBlock(TokenMajorMixerBlock):
+  fused_token_mlp: bool = True
 
 
 class FastMlpMixer(models.MlpMixer):
@@ -233,6 +264,9 @@ class FastMlpMixer(models.MlpMixer):
     return jnp.swapaxes(x_BSC, 0, 1) if f.token_major else x_BSC
 
   def block(self):
-    if not self.formulation.token_major:
+    f = self.formulation
+    if not f.token_major:
       return models.MixerBlock
-    return CpuTokenMajorMixerBlock if self.formulation.cpu_matmuls else TokenMajorMixerBlock
+    if f.cpu_matmuls:
+      return CpuTokenMajorMixerBlock
+    return FusedTokenMajorMixerBlock if f.fused_token_mlp else TokenMajorMixerBlock
