@@ -2,16 +2,18 @@
 # The accelerator check: everything a GPU (or TPU) session has to show, in one command.
 #
 #   bash benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR]... [--budget SECONDS]
-#        [--variants LIST] [--steps LIST] [--tiny]
+#        [--variants LIST] [--impls LIST] [--steps LIST] [--tiny]
 #
 # In order, each step's output in OUT_DIR (at most 6 files, all logged to check.log too):
 #   1. throughput.jsonl  the sweep of benchmarks/throughput.py: all seven variants, bfloat16,
 #                        inference and training, every batch size of AUTO_BATCH_SIZES that fits,
-#                        ours against the reference formulation and token_major, with the
-#                        measured matmul rate, most important variants first (B/16, S/32, L/16);
+#                        ours against the reference formulation, token_major and fused (the
+#                        Pallas token-mixing kernels; --impls to choose), with the measured
+#                        matmul rate, most important variants first (B/16, S/32, L/16);
 #   2. train_synthetic.jsonl  train.py on synthetic data (configs/synthetic.py) for B/16 at the
 #                        sweep's best training batch: its metrics.jsonl, the loop's images/s;
-#   3. tests.log         the model, step, checkpoint and synthetic-data tests on the device;
+#   3. tests.log         the model, step, checkpoint, synthetic-data and fused-kernel tests on
+#                        the device;
 #   4. input_pipeline.jsonl  the host's ImageNet-style input pipeline with RandAugment, images/s
 #                        (needs TensorFlow; skipped with the reason where it is missing);
 #   5. summary.md        the tables of benchmarks/accelerator_summary.py, against the targets.
@@ -36,15 +38,16 @@
 # tests/test_benchmarks.py runs it so that the script cannot break unseen.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-usage='benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR]... [--budget SECONDS] [--variants LIST] [--steps LIST] [--tiny]'
+usage='benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR]... [--budget SECONDS] [--variants LIST] [--impls LIST] [--steps LIST] [--tiny]'
 out=${1:?usage: $usage}
 shift
-wheels=() budget=480 tiny=0 variants='' steps=sweep,train,tests,pipeline
+wheels=() budget=480 tiny=0 variants='' impls='' steps=sweep,train,tests,pipeline
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheels) wheels+=("${2:?--wheels needs a folder}"); shift 2 ;;
     --budget) budget=${2:?--budget needs seconds}; shift 2 ;;
     --variants) variants=${2:?--variants needs a list, e.g. S/32,L/16}; shift 2 ;;
+    --impls) impls=${2:?--impls needs a list, e.g. ours,reference}; shift 2 ;;
     --steps) steps=${2:?--steps needs some of sweep,train,tests,pipeline}; shift 2 ;;
     --tiny) tiny=1; shift ;;
     *) echo "error: unknown argument $1 (usage: $usage)" >&2; exit 2 ;;
@@ -106,7 +109,7 @@ echo "host cores: $(nproc)"
 if [ "$tiny" = 1 ]; then
   # On CPU also the implementations timed in child processes.
   sweep=(--variant=S/32 --resolution=64 --batch_size=2 --steps=1 --repeats=1 --matmul_size=128
-         --dtype=float32 --impl=ours,reference,token_major,reference_default_host,timm)
+         --dtype=float32 --impl=ours,reference,token_major,fused,reference_default_host,timm)
   train=(--config=configs/synthetic.py:S/32,smoke --config.dtype=float32)
   train_steps=(--config.total_steps=4 --config.log_every=2)
   tests=(tests/test_models.py -k test_parameter_names_match_official_checkpoints)
@@ -114,10 +117,11 @@ if [ "$tiny" = 1 ]; then
   share=(train 0 tests 0 pipeline 0)
 else
   sweep=(--variant=${variants:-B/16,S/32,L/16,H/14,S/16,B/32,L/32} --batch_size=auto
-         --dtype=bfloat16 --impl=ours,reference,token_major)
+         --dtype=bfloat16 --impl=${impls:-ours,reference,token_major,fused})
   train=(--config=configs/synthetic.py:B/16)
   train_steps=(--config.total_steps=150 --config.log_every=50)
-  tests=(tests/test_models.py tests/test_steps.py tests/test_checkpoints.py tests/test_synthetic.py)
+  tests=(tests/test_models.py tests/test_steps.py tests/test_checkpoints.py tests/test_synthetic.py
+         tests/test_fused_token_mlp.py)
   python3 -c 'import xdist' 2>/dev/null && tests+=(-n 8)  # pytest-xdist: compile in parallel
   pipeline=(--seconds=10)
   share=(train 70 tests 70 pipeline 30)  # seconds of the budget the later steps take

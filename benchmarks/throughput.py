@@ -268,7 +268,10 @@ class Variant:
     return run_step
 
   def reset_state(self):
-    self._state = None
+    """A fresh state: a failed training step may have consumed the donated one, and the other
+    implementations' runners read the state when they run."""
+    if self._state is not None:
+      self._state = self._create_state(self.plain)
 
   def release(self):
     self._state = None

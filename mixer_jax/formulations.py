@@ -205,13 +205,15 @@ class TokenMajorMlpBlock(nn.Module):
     y = x
     if not any(jax.typeof(x).sharding.spec):
       y = x.reshape(n, -1) if self.over_first_axis else x.reshape(-1, n)
-      if self.fused and fused_token_mlp.supports(n, y.shape[1], self.mlp_dim,
-                                                 self.approximate_gelu):
+      # Off the GPU the kernels run in Pallas's interpreter (the tests), which JAX 0.10-0.12
+      # cannot run inside shard_map: there XLA's token mixing runs instead.
+      on_gpu = jax.default_backend() == 'gpu'
+      if (self.fused and (on_gpu or not jax.typeof(y).manual_axis_type.varying)
+          and fused_token_mlp.supports(n, y.shape[1], self.mlp_dim, self.approximate_gelu)):
         w1, b1 = DenseParams(self.mlp_dim, self.dtype, name='Dense_0')(n)
         w2, b2 = DenseParams(n, self.dtype, name='Dense_1')(self.mlp_dim)
         y, = promote_dtype(y, dtype=self.dtype)
-        return fused_token_mlp.token_mlp(y, w1, b1, w2, b2, interpret=jax.default_backend()
-                                         != 'gpu').reshape(x.shape)
+        return fused_token_mlp.token_mlp(y, w1, b1, w2, b2, interpret=not on_gpu).reshape(x.shape)
     if self.over_first_axis:
       dense = functools.partial(TokenDense, cpu_matmuls=self.cpu_matmuls, dtype=self.dtype)
     else:

@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 BLOCK_D = 64  # hidden units per step of a kernel's loop: wgmma's smallest M
+MAX_TOKENS = 256  # beyond, the weight slices no longer fit in shared memory beside a tile
 DEBUG = False  # print each kernel's Triton IR (benchmarks/kernel_report.py reads it)
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
@@ -49,24 +50,26 @@ def kernel_config(tokens: int, n: int, mlp_dim: int) -> Config:
   tokens needs one pipeline stage for that). Not yet timed on a GPU."""
   padded = max(16, 1 << (tokens - 1).bit_length())
 
-  def tile(elements):  # padded x tile_n <= elements, tile_n dividing n
-    t = min(128, elements // padded)
+  def tile(elements, most):  # padded x tile_n <= elements, tile_n dividing n
+    t = min(most, elements // padded)
     while t > 1 and n % t:
       t //= 2
     return t
 
   return Config(padded, min(BLOCK_D, mlp_dim), {
-      'forward_kernel': KernelConfig(tile(16384), num_warps=8, num_stages=2),
-      'backward_kernel': KernelConfig(min(64, tile(8192)), num_warps=8,
+      'forward_kernel': KernelConfig(tile(16384, 128), num_warps=8, num_stages=2),
+      'backward_kernel': KernelConfig(tile(8192, 64), num_warps=8,
                                       num_stages=2 if padded <= 128 else 1)})
 
 
 def supports(tokens: int, n: int, mlp_dim: int, approximate_gelu: bool) -> bool:
-  """Whether the kernels take these sizes: tanh GELU (Triton has no erf), tiles of at least 16
-  (Triton's matrix units), hidden units in whole slices."""
+  """Whether the kernels take these sizes: tanh GELU (Triton has no erf), at most MAX_TOKENS,
+  Triton's tiles (powers of two, at least 16 for its matrix units), hidden units in whole
+  slices. Elsewhere the formulation runs XLA's token mixing."""
   c = kernel_config(tokens, n, mlp_dim)
-  return (approximate_gelu and mlp_dim % c.block_d == 0 and c.block_d >= 16
-          and all(k.tile_n >= 16 for k in c.kernels.values()))
+  power_of_two = lambda k: k >= 16 and k & (k - 1) == 0
+  return (approximate_gelu and tokens <= MAX_TOKENS and mlp_dim % c.block_d == 0
+          and power_of_two(c.block_d) and all(power_of_two(k.tile_n) for k in c.kernels.values()))
 
 
 def token_mlp(x_SN, w1_SD, b1_D, w2_DS, b2_S, interpret: bool = False):
@@ -75,12 +78,13 @@ def token_mlp(x_SN, w1_SD, b1_D, w2_DS, b2_S, interpret: bool = False):
   return _token_mlp(x_SN, w1_SD, b1_D, w2_DS, b2_S, interpret)
 
 
-def export_for_hopper(fn, *shapes):
+def export_for_hopper(fn, *shapes, axis: str = 'batch'):
   """fn lowered for CUDA as on an H100 or H200, on any machine (ahead of time, without a GPU):
-  the test that Triton's rules hold, and the input of benchmarks/kernel_report.py."""
+  the test that Triton's rules hold, and the input of benchmarks/kernel_report.py. fn may
+  shard_map over a one-device mesh axis `axis` (the context's mesh)."""
   device = jax.sharding.AbstractDevice('NVIDIA H100', None, 'gpu')
-  with jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)):
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
+      (1,), (axis,), axis_types=(jax.sharding.AxisType.Explicit,), abstract_device=device)):
     return jax.export.export(jax.jit(fn), platforms=['cuda'], disabled_checks=[
         jax.export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')])(*shapes)
 
@@ -153,11 +157,14 @@ def _call(kernel, tokens, n, mlp_dim, interpret, operands, outputs):
       return pl.BlockSpec(array.shape, lambda i: (0,) * len(array.shape))
     return pl.BlockSpec((c.padded if kind == 'tokens' else mlp_dim, k.tile_n), lambda i: (0, i))
 
+  # Inside shard_map the outputs vary over the mesh axes as the activations do.
+  varying = jax.typeof(operands[0][0]).manual_axis_type
   return pl.pallas_call(
       functools.partial(kernel, tokens=tokens, block_d=c.block_d),
-      out_shape=[a for a, _ in outputs], grid=(n // k.tile_n,),
-      in_specs=[spec(*o) for o in operands], out_specs=[spec(*o) for o in outputs],
-      interpret=interpret, name=name, debug=DEBUG,
+      out_shape=[jax.ShapeDtypeStruct(a.shape, a.dtype, manual_axis_type=varying)
+                 for a, _ in outputs],
+      grid=(n // k.tile_n,), in_specs=[spec(*o) for o in operands],
+      out_specs=[spec(*o) for o in outputs], interpret=interpret, name=name, debug=DEBUG,
       compiler_params=plgpu.CompilerParams(num_warps=k.num_warps, num_stages=k.num_stages),
   )(*[a for a, _ in operands])
 

@@ -133,9 +133,9 @@ def test_throughput_counts_model_flops_by_the_formula(check):
 
 def test_throughput_arithmetic_is_consistent(check):
   _, lines, stdout = check
-  order = ['ours', 'reference', 'token_major', 'reference_default_host', 'timm']
+  order = ['ours', 'reference', 'token_major', 'fused', 'reference_default_host', 'timm']
   for mode in ('inference', 'train'):
-    assert [r['impl'] for r in lines if r['mode'] == mode] == order[:5 if _has_timm() else 4]
+    assert [r['impl'] for r in lines if r['mode'] == mode] == order[:6 if _has_timm() else 5]
     # One matmul rate for the whole measurement: it was timed in the same rounds as the models.
     assert len({r['matmul_tflops_per_sec_per_device'] for r in lines if r['mode'] == mode}) == 1
   for r in lines:

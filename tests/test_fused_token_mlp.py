@@ -1,7 +1,7 @@
 """The fused token-mixing kernels: float64 NumPy by hand, the model's formulation, GPU lowering.
 
-On this CPU the kernels run in Pallas's interpreter; their lowering for CUDA (Triton) is checked
-too, since that is where they run.
+On a GPU the kernels themselves run (the accelerator check runs this file there); elsewhere in
+Pallas's interpreter, with their lowering for CUDA (Triton) checked ahead of time.
 """
 import os
 import subprocess
@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from mixer_jax import formulations, fused_token_mlp, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = np.sqrt(2 / np.pi)
+INTERPRET = jax.default_backend() != 'gpu'
 
 
 def numpy_token_mlp(x, w1, b1, w2, b2, dy):
@@ -39,7 +41,7 @@ def test_kernels_equal_float64_numpy(tokens, n, mlp_dim):
   assert fused_token_mlp.supports(tokens, n, mlp_dim, approximate_gelu=True)
   want, want_grads = numpy_token_mlp(x, w1, b1, w2, b2, dy)
   args = [jnp.asarray(a, jnp.float32) for a in (x, w1, b1, w2, b2)]
-  y, vjp = jax.vjp(lambda *a: fused_token_mlp.token_mlp(*a, interpret=True), *args)
+  y, vjp = jax.vjp(lambda *a: fused_token_mlp.token_mlp(*a, interpret=INTERPRET), *args)
   assert y.shape == (tokens, n) and y.dtype == jnp.float32
   rel = lambda got, want: np.linalg.norm(np.asarray(got, np.float64) - want) / np.linalg.norm(want)
   assert rel(y, want) < 1e-6
@@ -52,7 +54,7 @@ def test_kernels_keep_bfloat16_and_its_accuracy():
   rng = np.random.default_rng(1)
   shapes = [(49, 128), (49, 64), (64,), (64, 49), (49,)]
   args = [jnp.asarray(rng.standard_normal(s) / np.sqrt(s[0]), jnp.bfloat16) for s in shapes]
-  y = fused_token_mlp.token_mlp(*args, interpret=True)
+  y = fused_token_mlp.token_mlp(*args, interpret=INTERPRET)
   want, _ = numpy_token_mlp(*[np.asarray(a, np.float64) for a in args], np.zeros((49, 128)))
   assert y.dtype == jnp.bfloat16
   assert np.linalg.norm(np.asarray(y, np.float64) - want) / np.linalg.norm(want) < 1e-2
@@ -62,7 +64,10 @@ def test_sizes_the_kernels_do_not_take_fall_back_to_xla():
   assert not fused_token_mlp.supports(196, 768 * 8, 384, approximate_gelu=False)  # no erf
   assert not fused_token_mlp.supports(49, 8, 256, approximate_gelu=True)  # N under a tile
   assert not fused_token_mlp.supports(49, 512, 72, approximate_gelu=True)  # D_S in parts
-  kw = dict(num_classes=10, num_blocks=2, patch_size=8, hidden_dim=32, tokens_mlp_dim=24,
+  assert not fused_token_mlp.supports(49, 512, 24, approximate_gelu=True)  # a slice of 24
+  assert not fused_token_mlp.supports(576, 768 * 8, 384, approximate_gelu=True)  # B/16 at 384 px
+  # test_models' model for the formulations: there the kernels run.
+  kw = dict(num_classes=10, num_blocks=2, patch_size=8, hidden_dim=32, tokens_mlp_dim=64,
             channels_mlp_dim=48)
   images = jax.random.normal(jax.random.key(0), (4, 32, 48, 3))
   for approximate in (True, False):
@@ -77,16 +82,29 @@ def test_sizes_the_kernels_do_not_take_fall_back_to_xla():
 
 @pytest.mark.parametrize('variant', ['S/32', 'B/16', 'H/14'])
 def test_kernels_lower_for_cuda(variant):
-  """Triton's rules (power-of-two tiles, matrix shapes) hold at the variants' real sizes."""
+  """Triton's rules (power-of-two tiles, matrix shapes) hold at the variants' real sizes, also
+  inside shard_map as the trainer and the benchmark run them (activations varying over the
+  batch axis; weights replicated for inference, made varying for their gradients)."""
   v = models.VARIANTS[variant]
   tokens, n, mlp_dim = (224 // v['patch_size']) ** 2, 256 * v['hidden_dim'], v['tokens_mlp_dim']
   assert fused_token_mlp.supports(tokens, n, mlp_dim, approximate_gelu=True)
   shapes = [jax.ShapeDtypeStruct(s, jnp.bfloat16)
             for s in [(tokens, n), (tokens, mlp_dim), (mlp_dim,), (mlp_dim, tokens), (tokens,)]]
-  train = jax.value_and_grad(
-      lambda *a: jnp.sum(fused_token_mlp.token_mlp(*a).astype(jnp.float32)), argnums=range(5))
-  text = fused_token_mlp.export_for_hopper(train, *shapes).mlir_module()
-  assert text.count('stablehlo.custom_call @__gpu$xla.gpu.triton') == 2  # forward, backward
+  loss = lambda *a: jnp.sum(fused_token_mlp.token_mlp(*a).astype(jnp.float32))
+  grads = jax.value_and_grad(loss, argnums=range(5))
+
+  def device_step(x, *w):
+    w = [jax.lax.pcast(a, 'batch', to='varying') for a in w]
+    return jax.lax.pmean(grads(x, *w)[1][1:], 'batch')
+
+  specs = (P(None, 'batch'), *[P()] * 4)
+  in_shard_map = lambda f, out: lambda x, *w: jax.shard_map(f, in_specs=specs, out_specs=out)(
+      jax.reshard(x, P(None, 'batch')), *w)
+  for fn in (grads, in_shard_map(fused_token_mlp.token_mlp, P(None, 'batch')),
+             in_shard_map(device_step, P())):
+    text = fused_token_mlp.export_for_hopper(fn, *shapes).mlir_module()
+    calls = text.count('stablehlo.custom_call @__gpu$xla.gpu.triton')
+    assert calls == (1 if fn is not grads else 2)  # backward (and forward for the value)
 
 
 def test_kernel_report_finds_no_spills_and_hopper_matrix_instructions():

@@ -167,7 +167,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
 
 
 def _plain_and_fast(name, **fields):
-  kw = dict(num_classes=10, num_blocks=3, patch_size=8, hidden_dim=32, tokens_mlp_dim=24,
+  kw = dict(num_classes=10, num_blocks=3, patch_size=8, hidden_dim=32, tokens_mlp_dim=64,
             channels_mlp_dim=48, stoch_depth=0.3, **fields)
   plain = models.MlpMixer(**kw)
   return plain, formulations.for_platform(plain, formulation=formulations.NAMED[name])
