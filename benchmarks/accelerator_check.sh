@@ -6,7 +6,7 @@
 #
 # In order, each step's output in OUT_DIR (at most 6 files, all logged to check.log too):
 #   1. throughput.jsonl  the sweep of benchmarks/throughput.py: all seven variants, bfloat16,
-#                        inference and training, every batch size of AUTO_BATCH_SIZES that fits,
+#                        inference and training, the largest batch of AUTO_BATCH_SIZES that fits,
 #                        ours against the reference formulation, token_major and fused (the
 #                        Pallas token-mixing kernels; --impls to choose), with the measured
 #                        matmul rate, most important variants first (B/16, S/32, L/16);
@@ -117,7 +117,7 @@ if [ "$tiny" = 1 ]; then
   share=(train 0 tests 0 pipeline 0)
 else
   sweep=(--variant=${variants:-B/16,S/32,L/16,H/14,S/16,B/32,L/32} --batch_size=auto
-         --dtype=bfloat16 --impl=${impls:-ours,reference,token_major,fused})
+         --largest_that_fits --dtype=bfloat16 --impl=${impls:-ours,reference,token_major,fused})
   train=(--config=configs/synthetic.py:B/16)
   train_steps=(--config.total_steps=150 --config.log_every=50)
   tests=(tests/test_models.py tests/test_steps.py tests/test_checkpoints.py tests/test_synthetic.py

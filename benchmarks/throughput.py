@@ -20,7 +20,10 @@ Implementations that are the same formulation here are timed once and reported u
 The training step is the trainer's own (forward, backward, gradient all-reduce, Adam with weight
 decay and clipping) on random data already on the devices: it measures the accelerator, not the
 input pipeline. --batch_size is per device; with several sizes each that fits is measured and
-the best reported, as in the paper (`auto`: 32 on CPU, AUTO_BATCH_SIZES on accelerators).
+the best reported, as in the paper (`auto`: 32 on CPU, AUTO_BATCH_SIZES on accelerators);
+--largest_that_fits measures only the largest of them that fits each step, trying the next
+smaller where one does not (a GPU runs fastest at the largest batch that fits: half the
+compilations of a sweep).
 The implementations take turns over --repeats rounds and each keeps its fastest round, so slow
 drift on a shared machine hits all alike. On accelerators each variant's steps are compiled in
 parallel threads before any is timed; a persistent compilation cache (JAX_COMPILATION_CACHE_DIR)
@@ -53,6 +56,8 @@ from mixer_jax import errors, flops, formulations, host, models, optim, steps  #
 
 # Per-device batch sizes tried on accelerators (`--batch_size=auto`), smallest first. Each
 # costs a compilation of every step (15-60 s on an H200): B/16 at 256 was 2% slower than at 512.
+# With --largest_that_fits (the accelerator check) the larger is compiled first and the smaller
+# only where the larger does not fit (an 80 GB H100 against a 141 GB H200).
 AUTO_BATCH_SIZES = {'S/32': (512, 1024), 'S/16': (256, 512), 'B/32': (256, 512), 'B/16': (512,),
                     'L/32': (256, 512), 'L/16': (128, 256), 'H/14': (64, 128)}
 _CHILDREN = {'timm': 'timm', 'reference_default_host': 'reference'}  # impl: what the child times
@@ -62,6 +67,10 @@ _IMPLS = [*_JAX_IMPLS, *_CHILDREN]
 _VARIANT = flags.DEFINE_list('variant', ['S/32'], f'Some of {", ".join(models.VARIANTS)}, or all.')
 _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Image height and width.')
 _BATCH = flags.DEFINE_list('batch_size', ['auto'], 'Images per device; several: a sweep.')
+_LARGEST = flags.DEFINE_bool('largest_that_fits', False, 'Of several batch sizes, measure only '
+                             'the largest that fits each step.')
+_MEMORY_LIMIT = flags.DEFINE_float('memory_limit_gb', 0, 'A step whose compiled size exceeds '
+                                   'this does not fit (0: the device\'s own limit).')
 _MODE = flags.DEFINE_enum('mode', 'both', ['inference', 'train', 'both'], 'What to time.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _IMPL = flags.DEFINE_list('impl', ['ours', 'reference', 'reference_default_host', 'timm'],
@@ -111,7 +120,8 @@ def check_flags() -> list[str]:
     if flag.value < 1:
       raise errors.UserError(f'--{name}={flag.value}: must be at least 1.')
   for name, flag in (('steps', _STEPS), ('matmul_size', _MATMUL_SIZE), ('devices', _DEVICES),
-                     ('compile_threads', _COMPILE_THREADS), ('deadline', _DEADLINE)):
+                     ('compile_threads', _COMPILE_THREADS), ('deadline', _DEADLINE),
+                     ('memory_limit_gb', _MEMORY_LIMIT)):
     if flag.value < 0:
       raise errors.UserError(f'--{name}={flag.value}: must be 0 (automatic) or positive.')
   if _DEVICES.value > jax.device_count():
@@ -124,9 +134,12 @@ def check_flags() -> list[str]:
 
 
 def batch_sizes(variant: str, on_cpu: bool) -> list[int]:
+  """The sizes to measure, in order: largest first with --largest_that_fits."""
   if _BATCH.value == ['auto']:
-    return [32] if on_cpu else list(AUTO_BATCH_SIZES[variant])
-  return [int(b) for b in _BATCH.value]
+    sizes = [32] if on_cpu else list(AUTO_BATCH_SIZES[variant])
+  else:
+    sizes = [int(b) for b in _BATCH.value]
+  return sorted(sizes, reverse=True) if _LARGEST.value else sizes
 
 
 def formulation_of(impl: str) -> formulations.Formulation:
@@ -336,6 +349,8 @@ def peak_bytes(devices) -> int | None:
 
 
 def bytes_limit(devices) -> int | None:
+  if _MEMORY_LIMIT.value:
+    return int(_MEMORY_LIMIT.value * 1e9)
   stats = devices[0].memory_stats()
   return stats.get('bytes_limit') if stats else None
 
@@ -416,6 +431,13 @@ def does_not_fit(error: Exception) -> bool:
   return any(s in str(error) for s in ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory'))
 
 
+def too_large(compiled, limit: int | None) -> bool:
+  """Whether a compiled step (or its compilation's error) does not fit the device."""
+  if isinstance(compiled, Exception):
+    return does_not_fit(compiled)
+  return bool(limit and compiled[1] and compiled[1] > limit)
+
+
 def measure(variant: Variant, mode: str, batch_size: int,
             matmul: tuple[Callable, float]) -> list[dict]:
   """One line per implementation for this variant, mode and batch size.
@@ -437,11 +459,13 @@ def measure(variant: Variant, mode: str, batch_size: int,
   limit = bytes_limit(mesh.devices.flat)
   for formulation in dict.fromkeys(timed_as.values()):
     what = f'{variant.name} batch {batch_size} {mode} {_formulation_name(formulation)}'
-    compiled = variant.compiled[formulation, mode, batch_size]
+    compiled = variant.compiled.get((formulation, mode, batch_size))
+    if compiled is None:  # --largest_that_fits: measured at a larger size already
+      continue
     try:
       if isinstance(compiled, Exception):
         raise compiled
-      if limit and compiled[1] and compiled[1] > limit:
+      if too_large(compiled, limit):
         raise MemoryError(f'RESOURCE_EXHAUSTED: needs {compiled[1] / 1e9:.1f} GB, the device '
                           f'has {limit / 1e9:.1f} GB')
       run_rounds[formulation] = local_rounds(variant.runner(formulation, mode, batch_size),
@@ -543,27 +567,45 @@ def main(argv):
       continue
     variant = Variant(name, mesh)
     sizes = batch_sizes(name, on_cpu)
-    compile_start = time.perf_counter()
-    variant.compile_all([(f, m, b) for m in modes for b in sizes for f in formulations_timed],
-                        threads)
-    each = [c[2] for c in variant.compiled.values() if not isinstance(c, Exception)]
-    print(f'{name}: {len(variant.compiled)} steps compiled in '
-          f'{time.perf_counter() - compile_start:.1f} s ({threads} threads; each '
-          f'{min(each, default=0):.1f}-{max(each, default=0):.1f} s)', flush=True)
+    # --largest_that_fits: a size at a time, for the steps that no larger size fitted.
+    rounds = [[size] for size in sizes] if _LARGEST.value else [sizes]
+    pending = {(f, m) for m in modes for f in formulations_timed}
+    lines = []
+    for round_sizes in rounds:
+      if not pending:
+        break
+      if round_sizes is not rounds[0] and _DEADLINE.value and (
+          time.perf_counter() - start > _DEADLINE.value):
+        print(f'{name} batch {round_sizes[0]}: skipped, past the deadline', flush=True)
+        break
+      compile_start = time.perf_counter()
+      keys = [(f, m, b) for m in modes for b in round_sizes for f in formulations_timed
+              if (f, m) in pending]
+      variant.compile_all(keys, threads)
+      each = [variant.compiled[k][2] for k in keys if not isinstance(variant.compiled[k], Exception)]
+      print(f'{name}: {len(keys)} steps compiled in {time.perf_counter() - compile_start:.1f} s '
+            f'({threads} threads; each {min(each, default=0):.1f}-{max(each, default=0):.1f} s)',
+            flush=True)
+      for mode in modes:
+        for batch_size in round_sizes:
+          if _DEADLINE.value and time.perf_counter() - start > _DEADLINE.value:
+            print(f'{name} batch {batch_size} {mode}: skipped, past the deadline', flush=True)
+            continue
+          for r in measure(variant, mode, batch_size, matmul):
+            r['keep_freed_memory'] = keeps_freed_memory(r['impl'], kept)
+            report(r)
+            if _JSON_OUT.value:
+              with open(_JSON_OUT.value, 'a') as f:
+                f.write(json.dumps(r) + '\n')
+            lines.append(r)
+      limit = bytes_limit(mesh.devices.flat)
+      pending = {(f, m) for f, m, b in keys if too_large(variant.compiled[f, m, b], limit)}
     for mode in modes:
       best = {}
-      for batch_size in sizes:
-        if _DEADLINE.value and time.perf_counter() - start > _DEADLINE.value:
-          print(f'{name} batch {batch_size} {mode}: skipped, past the deadline', flush=True)
-          continue
-        for r in measure(variant, mode, batch_size, matmul):
-          r['keep_freed_memory'] = keeps_freed_memory(r['impl'], kept)
-          report(r)
-          if _JSON_OUT.value:
-            with open(_JSON_OUT.value, 'a') as f:
-              f.write(json.dumps(r) + '\n')
-          if r['images_per_sec'] > best.get(r['impl'], {}).get('images_per_sec', 0):
-            best[r['impl']] = r
+      for r in lines:
+        if r['mode'] == mode and r['images_per_sec'] > best.get(r['impl'], {}).get(
+            'images_per_sec', 0):
+          best[r['impl']] = r
       if len(sizes) > 1 and best:
         print(f'Best batch, {name} {mode}:')
         for r in best.values():

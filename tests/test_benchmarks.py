@@ -157,6 +157,7 @@ def test_throughput_flags_are_checked_before_anything_runs():
   for flag, message in (('--impl=ours,fast', 'unknown fast; choose from ours, reference'),
                         ('--variant=B/8', 'unknown B/8; choose from S/32'),
                         ('--batch_size=0', 'give positive integers or auto'),
+                        ('--memory_limit_gb=-1', '--memory_limit_gb=-1.0: must be 0'),
                         ('--resolution=100', 'not a multiple of the patch sizes 32')):
     run = subprocess.run([sys.executable, 'benchmarks/throughput.py', flag], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
@@ -176,6 +177,22 @@ def test_an_implementation_that_cannot_run_is_skipped_with_the_reason(tmp_path):
   reason = 'no H/14 model' if _has_timm() else 'not installed'
   assert re.search(rf'timm: skipped \(.*{reason}', run.stdout), run.stdout
   assert not out.exists()
+
+
+def test_largest_batch_that_fits_is_measured_and_smaller_ones_only_where_it_does_not(tmp_path):
+  out = tmp_path / 'results.jsonl'
+  # S/32 training at 64 px compiles to about 0.38 GB + 12 MB per image: 32 does not fit 0.6 GB.
+  run = subprocess.run(
+      [sys.executable, 'benchmarks/throughput.py', '--variant=S/32', '--resolution=64',
+       '--batch_size=2,32,8', '--largest_that_fits', '--memory_limit_gb=0.6', '--mode=train',
+       '--impl=ours', '--steps=1', '--repeats=1', '--matmul_size=64', f'--json_out={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert re.search(r'S/32 batch 32 train cpu: does not fit \(RESOURCE_EXHAUSTED: needs [\d.]+ GB, '
+                   r'the device has 0.6 GB\), skipped', run.stdout), run.stdout
+  lines = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r['batch_per_device'] for r in lines] == [8]  # not 2: 8 fitted
+  assert lines[0]['step_memory_gb'] < 0.6
 
 
 def test_core_days_of_a_recipe_at_a_given_throughput():
