@@ -109,7 +109,7 @@ echo "host cores: $(nproc)"
 if [ "$tiny" = 1 ]; then
   # On CPU also the implementations timed in child processes.
   sweep=(--variant=S/32 --resolution=64 --batch_size=2 --steps=1 --repeats=1 --matmul_size=128
-         --dtype=float32 --impl=ours,reference,token_major,fused,reference_default_host,timm)
+         --dtype=float32 --impl=ours,reference,fused,reference_default_host,timm)
   train=(--config=configs/synthetic.py:S/32,smoke --config.dtype=float32)
   train_steps=(--config.total_steps=4 --config.log_every=2)
   tests=(tests/test_models.py -k test_parameter_names_match_official_checkpoints)

@@ -466,8 +466,8 @@ def measure(variant: Variant, mode: str, batch_size: int,
       if isinstance(compiled, Exception):
         raise compiled
       if too_large(compiled, limit):
-        raise MemoryError(f'RESOURCE_EXHAUSTED: needs {compiled[1] / 1e9:.1f} GB, the device '
-                          f'has {limit / 1e9:.1f} GB')
+        raise MemoryError(f'RESOURCE_EXHAUSTED: needs {compiled[1] / 1e9:.2f} GB, the device '
+                          f'has {limit / 1e9:.2f} GB')
       run_rounds[formulation] = local_rounds(variant.runner(formulation, mode, batch_size),
                                              sync_every_step=on_cpu)
     except Exception as e:  # noqa: BLE001  (one failure must not end a long sweep)
