@@ -37,8 +37,7 @@ _ARCH = flags.DEFINE_string('arch', 'sm_90a', 'GPU architecture for ptxas (sm_90
 
 def triton_modules(tokens: int, n: int, mlp_dim: int) -> dict[str, str]:
   """The Triton IR of the forward and backward kernels, as text without debug locations."""
-  shapes = [jax.ShapeDtypeStruct(s, jnp.bfloat16)
-            for s in [(tokens, n), (tokens, mlp_dim), (mlp_dim,), (mlp_dim, tokens), (tokens,)]]
+  shapes = fused_token_mlp.operand_shapes(tokens, n, mlp_dim)
   grad = jax.grad(lambda *a: jnp.sum(fused_token_mlp.token_mlp(*a).astype(jnp.float32)),
                   argnums=range(5))
   printed = io.StringIO()

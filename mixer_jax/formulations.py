@@ -158,6 +158,13 @@ class MatmulStem(nn.Module):
     return patches @ kernel + bias
 
 
+def _dense_params(module: nn.Module, in_features: int):
+  """nn.Dense's kernel and bias, declared in `module`, in its compute dtype."""
+  kernel = module.param('kernel', nn.initializers.lecun_normal(), (in_features, module.features))
+  bias = module.param('bias', nn.initializers.zeros, (module.features,))
+  return promote_dtype(kernel, bias, dtype=module.dtype)
+
+
 class TokenDense(nn.Module):
   """nn.Dense over the first axis of a 2-D x: the same parameters, no transposes."""
   features: int
@@ -166,9 +173,8 @@ class TokenDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[0], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    kernel, bias = _dense_params(self, x.shape[0])
+    x, = promote_dtype(x, dtype=self.dtype)
     if x.ndim != 2:  # a batch-sharded global array: see TokenMajorMlpBlock
       return jnp.tensordot(kernel.T, x, axes=1) + bias.reshape(-1, *[1] * (x.ndim - 1))
     if self.cpu_matmuls:
@@ -183,9 +189,7 @@ class DenseParams(nn.Module):
 
   @nn.compact
   def __call__(self, in_features: int):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (in_features, self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    return promote_dtype(kernel, bias, dtype=self.dtype)
+    return _dense_params(self, in_features)
 
 
 class TokenMajorMlpBlock(nn.Module):

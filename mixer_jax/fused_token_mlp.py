@@ -78,6 +78,12 @@ def token_mlp(x_SN, w1_SD, b1_D, w2_DS, b2_S, interpret: bool = False):
   return _token_mlp(x_SN, w1_SD, b1_D, w2_DS, b2_S, interpret)
 
 
+def operand_shapes(tokens: int, n: int, mlp_dim: int, dtype=jnp.bfloat16):
+  """Abstract x, W1, b1, W2, b2 of `token_mlp` at these sizes: what to lower it for."""
+  return [jax.ShapeDtypeStruct(s, dtype)
+          for s in [(tokens, n), (tokens, mlp_dim), (mlp_dim,), (mlp_dim, tokens), (tokens,)]]
+
+
 def export_for_hopper(fn, *shapes, axis: str = 'batch'):
   """fn lowered for CUDA as on an H100 or H200, on any machine (ahead of time, without a GPU):
   the test that Triton's rules hold, and the input of benchmarks/kernel_report.py. fn may

@@ -88,8 +88,7 @@ def test_kernels_lower_for_cuda(variant):
   v = models.VARIANTS[variant]
   tokens, n, mlp_dim = (224 // v['patch_size']) ** 2, 256 * v['hidden_dim'], v['tokens_mlp_dim']
   assert fused_token_mlp.supports(tokens, n, mlp_dim, approximate_gelu=True)
-  shapes = [jax.ShapeDtypeStruct(s, jnp.bfloat16)
-            for s in [(tokens, n), (tokens, mlp_dim), (mlp_dim,), (mlp_dim, tokens), (tokens,)]]
+  shapes = fused_token_mlp.operand_shapes(tokens, n, mlp_dim)
   loss = lambda *a: jnp.sum(fused_token_mlp.token_mlp(*a).astype(jnp.float32))
   grads = jax.value_and_grad(loss, argnums=range(5))
 
