@@ -112,19 +112,35 @@ class MetricsLog:
   """TensorBoard events (through clu) plus one JSON line per record, from process 0 only.
 
   clu writes events with TensorFlow; on a machine with JAX alone (synthetic data) the JSON
-  lines are written without them.
+  lines are written without them. A resumed run repeats the steps after its checkpoint, so
+  their records from the run that stopped are dropped from metrics.jsonl first (TensorBoard
+  drops them itself when it sees a step go back).
   """
 
-  def __init__(self, workdir: epath.Path):
+  def __init__(self, workdir: epath.Path, start_step: int):
     self.is_main = jax.process_index() == 0
     self.writer = None
+    self.path = workdir / 'metrics.jsonl'
     if self.is_main:
+      self._drop_records_after(start_step)
       try:
         from clu import metric_writers
         self.writer = metric_writers.create_default_writer(str(workdir))
       except ImportError as e:
         logging.warning('No TensorBoard events (%s); metrics go to metrics.jsonl only.', e)
-    self.path = workdir / 'metrics.jsonl'
+
+  def _drop_records_after(self, step: int):
+    """Keeps the records up to `step`; a line torn by a killed run goes too."""
+    if not self.path.exists():
+      return
+    lines = self.path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if (s := _record_step(line)) is not None and s <= step]
+    if len(kept) < len(lines):
+      tmp = self.path.with_name('metrics.jsonl.tmp')
+      tmp.write_text(''.join(kept))
+      tmp.replace(self.path)
+      logging.info('metrics.jsonl: dropped %d records of steps after %d, which this run repeats.',
+                   len(lines) - len(kept), step)
 
   def write(self, step: int, split: str, metrics: dict[str, float]):
     if self.is_main:
@@ -136,6 +152,14 @@ class MetricsLog:
   def close(self):
     if self.writer:
       self.writer.close()
+
+
+def _record_step(line: str) -> int | None:
+  """The step of one metrics.jsonl line; None for a line that is not a whole record."""
+  try:
+    return int(json.loads(line)['step']) if line.endswith('\n') else None
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 @contextlib.contextmanager
@@ -235,7 +259,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   train_step = steps.make_train_step(model, learning_rate_fn, mesh, num_classes, config.mixup,
                                      config.grad_accum_steps)
   eval_step = steps.make_eval_step(mesh)
-  log = MetricsLog(workdir)
+  log = MetricsLog(workdir, start_step)
   train_iter = data.train_batches(config, start_step, mesh)
   # Several CPU devices on few cores can deadlock in all-reduce with more than one step in
   # flight; accelerators keep asynchronous dispatch and sync only to log and save.

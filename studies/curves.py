@@ -23,7 +23,8 @@ from studies import study  # noqa: E402
 def read_metrics(workdir: str) -> dict[str, list[dict]]:
   """{split: records in step order} from a workdir's metrics.jsonl.
 
-  A step logged twice (a finished run evaluated again on restart) keeps its last record.
+  A step logged twice (a finished run evaluated again on restart) keeps its last record; a last
+  line without its newline (being written by a live run, or torn by a killed one) is left out.
   """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.isfile(path):
@@ -31,6 +32,8 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
   by_split = {}
   with open(path) as f:
     for number, line in enumerate(f, 1):
+      if not line.endswith('\n'):
+        break
       try:
         record = json.loads(line)
         by_split.setdefault(record['split'], {})[record['step']] = record

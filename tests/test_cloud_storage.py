@@ -20,7 +20,7 @@ from test_train import ROOT, restore_params
 
 BUCKET = 'mixer-test'
 OVERRIDES = {'total_steps': 30, 'warmup_steps': 5, 'checkpoint_every': 10, 'keep_checkpoints': 2,
-             'log_every': 10, 'eval_every': 1000, 'batch_size': 4, 'eval_batch_size': 4,
+             'log_every': 5, 'eval_every': 1000, 'batch_size': 4, 'eval_batch_size': 4,
              'model.num_blocks': 1, 'model.hidden_dim': 32}  # a small model compiles fast
 
 
@@ -109,5 +109,8 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
 
   whole = trainer.train_and_evaluate(config, tmp_path / 'whole')  # local files, never stopped
   assert json.loads((tmp_path / 'gs' / 'run' / 'results.json').read_text()) == whole
+  gs_log, local_log = [[(r['step'], r['split']) for r in map(json.loads, open(run / 'metrics.jsonl'))]
+                       for run in (tmp_path / 'gs' / 'run', tmp_path / 'whole')]
+  assert gs_log == local_log  # the steps repeated after the resume are logged once
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                restore_params(tmp_path / 'gs' / 'run', 30), restore_params(tmp_path / 'whole', 30))

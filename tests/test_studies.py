@@ -53,6 +53,8 @@ def test_curves_summarise_and_plot_several_runs(tmp_path):
       {'step': 20, 'split': 'test', 'loss': 1.2, 'accuracy': 0.7},
       {'step': 20, 'split': 'test', 'loss': 1.1, 'accuracy': 0.65}])  # re-evaluated: last wins
   write_metrics(tmp_path / 'b', [{'step': 5, 'split': 'train', 'loss': 3.0, 'accuracy': 0.1}])
+  with (tmp_path / 'b' / 'metrics.jsonl').open('a') as f:
+    f.write('{"step": 10, "split": "tr')  # a line the run is still writing
   curves.main(['curves.py', str(tmp_path / 'a'), str(tmp_path / 'b'), f'--out={tmp_path}'])
   rows = read_json(tmp_path / 'curves.json')['runs']
   assert rows == [{'run': 'a', 'step': 20, 'train_loss': 1.0, 'eval_split': 'test',

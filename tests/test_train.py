@@ -117,6 +117,24 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
                restore_params(tmp_path / 'killed', 120), restore_params(tmp_path / 'whole', 120))
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+  config = small_config(total_steps=40)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  metrics = tmp_path / 'metrics.jsonl'
+  whole = [json.loads(line) for line in metrics.read_text().splitlines()]
+  # As if killed after logging step 40 (and while writing one more line), before its checkpoint.
+  shutil.rmtree(tmp_path / 'checkpoints' / '40')
+  with metrics.open('a') as f:
+    f.write('{"step": 4')
+
+  trainer.train_and_evaluate(config, str(tmp_path))
+  resumed = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [(r['step'], r['split']) for r in resumed] == [(r['step'], r['split']) for r in whole]
+  assert [(20, 'train'), (20, 'test')] == [(r['step'], r['split']) for r in whole[1:3]]
+  for a, b in zip(resumed, whole):
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-6)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   proc = run_train_py(tmp_path, '--config.total_steps=5000', '--config.checkpoint_every=4000',
                       '--config.log_every=5', wait=False)
