@@ -2,8 +2,9 @@
 
 `<workdir>/lock.json` holds the host, process id and a heartbeat time, rewritten every
 `heartbeat_s` seconds. A new run takes the lock over when its holder is gone: on the same host
-at once, when no process has that id; from another host (a shared file system or a gs://
-workdir) once the heartbeat is `stale_s` old. Plain files were chosen over flock because
+at once, when no process has that id or the one that has it started after the lock was taken
+(the id reused); from another host (a shared file system or a gs:// workdir) once the heartbeat
+is `stale_s` old. Plain files were chosen over flock because
 cloud storage has no locks and network file systems implement them unevenly; the price is a
 wait of `stale_s` after a crash on another host, and hosts whose clocks agree (NTP).
 """
@@ -23,7 +24,20 @@ from mixer_jax.errors import UserError
 FILE = 'lock.json'
 
 
-def _pid_alive(pid: int) -> bool:
+def _start_time(pid: int) -> float | None:
+  """When process `pid` started (seconds since the epoch, to 1 s); None without Linux's /proc."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # field 22, after the command name
+    with open('/proc/stat') as f:
+      boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
+  except (OSError, ValueError, IndexError, StopIteration):
+    return None
+  return boot + ticks / os.sysconf('SC_CLK_TCK')
+
+
+def _pid_alive(pid: int, started: float) -> bool:
+  """Whether the run that took the lock at `started` is process `pid`, and alive."""
   if pid == os.getpid():  # a restarted container can reuse the dead run's process id
     return False
   try:
@@ -31,8 +45,10 @@ def _pid_alive(pid: int) -> bool:
   except ProcessLookupError:
     return False
   except PermissionError:  # another user's process
-    return True
-  return True
+    pass
+  # A process that started after the lock was taken reuses the id of the run that took it.
+  start = _start_time(pid)
+  return start is None or start < started + 2
 
 
 class WorkdirLock:
@@ -65,7 +81,7 @@ class WorkdirLock:
     if not holder.get('pid'):
       return False
     if holder.get('host') == self.record['host']:
-      return _pid_alive(holder['pid'])
+      return _pid_alive(holder['pid'], holder.get('started', float('inf')))
     return time.time() - holder.get('heartbeat', 0) < self.stale_s
 
   def _refuse(self, holder):

@@ -19,8 +19,8 @@ def dead_pid() -> int:
   return process.pid
 
 
-def holder(tmp_path, host, pid, heartbeat_age):
-  record = {'host': host, 'pid': pid, 'token': 'other', 'started': time.time() - 3600,
+def holder(tmp_path, host, pid, heartbeat_age, started_age=0):
+  record = {'host': host, 'pid': pid, 'token': 'other', 'started': time.time() - started_age,
             'heartbeat': time.time() - heartbeat_age}
   (tmp_path / lock.FILE).write_text(json.dumps(record))
 
@@ -28,16 +28,29 @@ def holder(tmp_path, host, pid, heartbeat_age):
 HERE = socket.gethostname()
 
 
+@pytest.fixture
+def process_started_now():
+  process = subprocess.Popen(['sleep', '60'])
+  yield process.pid
+  process.kill()
+  process.wait()
+
+
 @pytest.mark.parametrize('host, pid, heartbeat_age, taken', [
     (HERE, os.getppid(), 1000, False),  # alive here: its heartbeat does not matter
     (HERE, 'dead', 5, True),  # gone here: taken over at once
+    (HERE, 'reused', 5, True),  # its id now names a process started after the lock was taken
     ('elsewhere', 1, 30, False),  # another host, heartbeat fresh
     ('elsewhere', 1, 200, True),  # another host, heartbeat older than stale_s
 ])
 def test_a_lock_is_refused_while_its_holder_lives_and_taken_over_when_it_is_gone(
-    tmp_path, host, pid, heartbeat_age, taken):
-  pid = dead_pid() if pid == 'dead' else pid
-  holder(tmp_path, host, pid, heartbeat_age)
+    tmp_path, host, pid, heartbeat_age, taken, request):
+  started_age = 0
+  if pid == 'dead':
+    pid = dead_pid()
+  elif pid == 'reused':
+    pid, started_age = request.getfixturevalue('process_started_now'), 3600
+  holder(tmp_path, host, pid, heartbeat_age, started_age)
   workdir_lock = lock.WorkdirLock(tmp_path, stale_s=120, settle_s=0)
   if not taken:
     with pytest.raises(UserError, match=rf'{tmp_path} is in use by another run: process {pid} '
