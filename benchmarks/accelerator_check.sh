@@ -39,7 +39,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 usage='benchmarks/accelerator_check.sh OUT_DIR [--wheels DIR]... [--budget SECONDS] [--variants LIST] [--impls LIST] [--steps LIST] [--tiny]'
-out=${1:?usage: $usage}
+case "${1:-}" in
+  -h|--help) echo "usage: $usage (the comments at the top of this file say more)"; exit 0 ;;
+  ''|-*) echo "error: the first argument is the output folder (usage: $usage)" >&2; exit 2 ;;
+esac
+out=$1
 shift
 wheels=() budget=480 tiny=0 variants='' impls='' steps=sweep,train,tests,pipeline
 while [ $# -gt 0 ]; do

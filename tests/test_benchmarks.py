@@ -123,6 +123,18 @@ def test_accelerator_check_arguments_are_checked(tmp_path, args, message):
   assert run.returncode == 2 and f'error: {message}' in run.stdout + run.stderr
 
 
+@pytest.mark.parametrize('first, code', [('--help', 0), ('--tiny', 2), ('', 2)])
+def test_accelerator_check_wants_its_output_folder_first_and_starts_nothing_without_it(
+    tmp_path, first, code):
+  script = os.path.join(ROOT, 'benchmarks', 'accelerator_check.sh')
+  run = subprocess.run(['bash', script, first, str(tmp_path / 'out')], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+  out = run.stdout + run.stderr
+  assert run.returncode == code and 'usage: benchmarks/accelerator_check.sh OUT_DIR' in out, out
+  assert ('error: the first argument is the output folder' in out) == (code == 2)
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_throughput_counts_model_flops_by_the_formula(check):
   _, lines, _ = check
   forward = mixer_forward_flops('S/32', 64)
