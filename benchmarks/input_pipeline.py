@@ -59,22 +59,11 @@ def images_per_sec(config, jpegs: list[bytes], seconds: float) -> float:
   return count / (time.perf_counter() - start)
 
 
-def open_json_out():
-  """The --json_out file opened for appending now, rather than failing after the timing."""
-  if not _JSON_OUT.value:
-    return None
-  try:
-    return paths.resolve(_JSON_OUT.value).open('a')
-  except paths.storage_errors() as e:
-    raise UserError(f'--json_out={_JSON_OUT.value} cannot be written ({e}): give a file in an '
-                    'existing folder this user can write.') from e
-
-
 @errors.reported
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  json_out = open_json_out()
+  json_out = _JSON_OUT.value and paths.open_to_append(_JSON_OUT.value, 'json_out')
   jpegs = generate_jpegs(_NUM_IMAGES.value)
   config = pretrain_imagenet.get_config('B/16')
   config.image_size = _IMAGE_SIZE.value

@@ -52,7 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import accelerator_summary  # noqa: E402
-from mixer_jax import errors, flops, formulations, host, models, optim, steps  # noqa: E402
+from mixer_jax import errors, flops, formulations, host, models, optim, paths, steps  # noqa: E402
 
 # Per-device batch sizes tried on accelerators (`--batch_size=auto`), smallest first. Each
 # costs a compilation of every step (15-60 s on an H200): B/16 at 256 was 2% slower than at 512.
@@ -124,6 +124,8 @@ def check_flags() -> list[str]:
                      ('memory_limit_gb', _MEMORY_LIMIT)):
     if flag.value < 0:
       raise errors.UserError(f'--{name}={flag.value}: must be 0 (automatic) or positive.')
+  if _JSON_OUT.value:  # now, rather than after the timing
+    paths.open_to_append(_JSON_OUT.value, 'json_out').close()
   if _DEVICES.value > jax.device_count():
     raise errors.UserError(f'--devices={_DEVICES.value}: only {jax.device_count()} here.')
   patches = sorted({models.VARIANTS[v]['patch_size'] for v in variants})
@@ -595,7 +597,7 @@ def main(argv):
             r['keep_freed_memory'] = keeps_freed_memory(r['impl'], kept)
             report(r)
             if _JSON_OUT.value:
-              with open(_JSON_OUT.value, 'a') as f:
+              with paths.resolve(_JSON_OUT.value).open('a') as f:
                 f.write(json.dumps(r) + '\n')
             lines.append(r)
       limit = bytes_limit(mesh.devices.flat)

@@ -7,6 +7,8 @@ import sys
 
 from etils import epath
 
+from mixer_jax.errors import UserError
+
 
 def is_url(path) -> bool:
   return '://' in os.fspath(path)
@@ -22,3 +24,12 @@ def storage_errors() -> tuple[type[Exception], ...]:
   """What a file operation raises: OSError, and TensorFlow's errors where tf.io.gfile serves it."""
   tf = sys.modules.get('tensorflow')
   return (OSError, tf.errors.OpError) if tf else (OSError,)
+
+
+def open_to_append(path: str, flag: str):
+  """`path` opened for appending now, so that a wrong --`flag` stops a job before its work."""
+  try:
+    return resolve(path).open('a')
+  except storage_errors() as e:
+    raise UserError(f'--{flag}={path} cannot be written ({e}): give a file in an existing '
+                    'folder this user can write.') from e

@@ -170,7 +170,9 @@ def test_throughput_flags_are_checked_before_anything_runs():
                         ('--variant=B/8', 'unknown B/8; choose from S/32'),
                         ('--batch_size=0', 'give positive integers or auto'),
                         ('--memory_limit_gb=-1', '--memory_limit_gb=-1.0: must be 0'),
-                        ('--resolution=100', 'not a multiple of the patch sizes 32')):
+                        ('--resolution=100', 'not a multiple of the patch sizes 32'),
+                        ('--json_out=/nowhere/out.jsonl', '--json_out=/nowhere/out.jsonl cannot '
+                         'be written')):
     run = subprocess.run([sys.executable, 'benchmarks/throughput.py', flag], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith('error: ')
