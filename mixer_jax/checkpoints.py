@@ -53,7 +53,8 @@ def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
 
 def _first_line(error: Exception) -> str:
   """An error's gist: tensorstore appends kilobytes of its spec to the message."""
-  return (str(error).splitlines() or [type(error).__name__])[0].split(' [tensorstore_spec=')[0]
+  line = (str(error).splitlines() or [type(error).__name__])[0]
+  return line.split(' [tensorstore_spec=')[0].split('. See full TensorStore details')[0]
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state):
@@ -100,9 +101,16 @@ def save_npz(params, path):
 def load_npz(path) -> dict[str, Any]:
   """An official (or `save_npz`) .npz file, in the linen or the older pre-linen naming."""
   try:
-    with np.load(io.BytesIO(paths.resolve(path).read_bytes())) as f:
+    data = io.BytesIO(paths.resolve(path).read_bytes())
+  except paths.storage_errors() as e:
+    raise UserError(f'Cannot read {path} ({_first_line(e)}).') from e
+  if not zipfile.is_zipfile(data):  # else np.load takes it for a pickle and says so
+    raise UserError(f'Cannot read {path} as an .npz checkpoint: it is not a zip archive, as an '
+                    '.npz is (a truncated download, or another kind of file).')
+  try:
+    with np.load(data) as f:
       flat = {k: f[k] for k in f.files}
-  except (*paths.storage_errors(), ValueError, EOFError, zipfile.BadZipFile) as e:
+  except (ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f'Cannot read {path} as an .npz checkpoint ({e}).') from e
   params = traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
   return _from_pre_linen(params) if 'Mixer' in params else params
@@ -184,8 +192,8 @@ def load_timm(path) -> dict[str, Any]:
   except ImportError as e:
     raise UserError(f'Reading {path} needs {e.name}: pip install {e.name}.') from e
   except Exception as e:  # the parsers' many errors for a file that is not what it says
-    raise UserError(f'Cannot read {path} as timm weights ({type(e).__name__}: '
-                    f'{_first_line(e)}).') from e
+    detail = _first_line(e) if str(e) else 'the file ends early: empty or truncated'
+    raise UserError(f'Cannot read {path} as timm weights ({type(e).__name__}: {detail}).') from e
   return from_timm(state_dict)
 
 
@@ -202,16 +210,21 @@ def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[st
   a Mixer's are an error; without, a workdir of any model loads (the studies' baselines).
   """
   resolved = paths.resolve(path)
-  if not resolved.exists():
-    raise UserError(f'{setting}={path} does not exist: {WEIGHT_KINDS}.')
-  if resolved.suffix == '.npz':
-    params = load_npz(resolved)
-  elif resolved.suffix in ('.pth', '.bin', '.safetensors'):
-    params = load_timm(resolved)
-  elif resolved.is_dir():
-    params = _load_orbax_params(resolved, f'{setting}={path}')
-  else:
-    raise UserError(f'{setting}={path} is a file of unknown kind: {WEIGHT_KINDS}.')
+  try:
+    if not resolved.exists():
+      raise UserError(f'{setting}={path} does not exist: {WEIGHT_KINDS}.')
+    if resolved.suffix == '.npz':
+      params = load_npz(resolved)
+    elif resolved.suffix in ('.pth', '.bin', '.safetensors'):
+      params = load_timm(resolved)
+    elif resolved.is_dir():
+      params = _load_orbax_params(resolved, f'{setting}={path}')
+    else:
+      raise UserError(f'{setting}={path} is a file of unknown kind: {WEIGHT_KINDS}.')
+  except paths.storage_errors() as e:  # e.g. a bucket out of reach or without access
+    raise UserError(f'{setting}={path} cannot be read ({_first_line(e)}): check the path, the '
+                    'network and your access to it (for gs://, `gcloud auth application-default '
+                    'login`).') from e
   if mixer and not {'stem', 'MixerBlock_0'} <= params.keys():
     raise UserError(f'{setting}={path} holds no Mixer parameters (it has '
                     f'{", ".join(sorted(params)[:8]) or "nothing"}): {WEIGHT_KINDS}.')

@@ -1,4 +1,5 @@
 """Checkpoints that cannot be resumed give errors naming the problem, and nothing is deleted."""
+import importlib.util
 import pathlib
 
 import pytest
@@ -50,21 +51,22 @@ def test_checkpoint_of_another_model_or_optimizer_is_a_clear_error(tmp_path):
   assert step_folders(tmp_path) == [10]
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'delete_metadata'])
+@pytest.mark.parametrize('damage', ['truncate', 'delete_metadata', 'overwrite_data'])
 def test_corrupt_checkpoint_is_a_clear_error_and_keeps_the_others(tmp_path, damage):
   trainer.train_and_evaluate(small_config(total_steps=20, checkpoint_every=10), str(tmp_path))
   newest = tmp_path / 'checkpoints' / '20'
   files = [p for p in newest.rglob('*') if p.is_file()]
-  if damage == 'truncate':  # every file cut short, as after a full disk
-    for path in files:
+  for path in files:
+    if damage == 'truncate':  # every file cut short, as after a full disk
       path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 3])
-  else:
-    for path in files:
-      if 'METADATA' in path.name.upper():
-        path.unlink()
+    elif damage == 'delete_metadata' and 'METADATA' in path.name.upper():
+      path.unlink()
+    elif damage == 'overwrite_data' and path.parent.name == 'd':  # the arrays' bytes
+      path.write_bytes(np.random.default_rng(0).bytes(100))
   with pytest.raises(UserError, match=r'checkpoints/20 cannot be read; it is corrupt or '
-                     r'truncated.*Nothing was deleted. Move that folder out'):
+                     r'truncated.*Nothing was deleted. Move that folder out') as error:
     trainer.train_and_evaluate(small_config(total_steps=30), str(tmp_path))
+  assert 'TensorStore' not in str(error.value)  # its details are kilobytes of spec
   assert step_folders(tmp_path) == [10, 20]
 
 
@@ -254,10 +256,16 @@ def empty_folder(path):
     (npz_of_other_arrays, r'init_from=.*other.npz holds no Mixer parameters \(it has a, b\)'),
     (truncated_npz, r'Cannot read .*cut.npz as an .npz checkpoint'),
     (garbage_safetensors, r'Cannot read .*model.safetensors as timm weights \('),
+    (lambda path: path / 'text.npz', r'text.npz as an .npz checkpoint: it is not a zip archive'),
+    pytest.param(lambda path: path / 'empty.pth', r'empty.pth as timm weights \(EOFError: the '
+                 r'file ends early', marks=pytest.mark.skipif(
+                     importlib.util.find_spec('torch') is None, reason='needs torch')),
     (empty_folder, r'init_from=.*run holds no checkpoint: give an .npz'),
 ])
 def test_weights_of_the_wrong_kind_are_one_clear_error(tmp_path, make, message):
   """What init_from and predict.py's --checkpoint are given: a traceback for most before."""
+  (tmp_path / 'text.npz').write_text('Not Found')  # what a failed download can leave
+  (tmp_path / 'empty.pth').write_bytes(b'')
   with pytest.raises(UserError, match=message):
     checkpoints.load_params(str(make(tmp_path)))
 
