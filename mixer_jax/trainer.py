@@ -163,6 +163,21 @@ def _record_step(line: str) -> int | None:
 
 
 @contextlib.contextmanager
+def out_of_memory_explained(config, per_device: int):
+  """A device out of memory ends the run with what to change, the checkpoints kept."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e).lower():
+      raise
+    raise UserError(
+        f'Out of device memory ({str(e).splitlines()[0][:200]}) with batch_size='
+        f'{config.batch_size} ({per_device} a device) at {config.image_size}x{config.image_size}:'
+        ' lower batch_size or eval_batch_size, raise grad_accum_steps, or set model.remat=True '
+        '(recomputes activations). The checkpoints written so far are kept.') from e
+
+
+@contextlib.contextmanager
 def claim_workdir(workdir: epath.Path):
   """Creates the workdir and holds its lock (process 0); every process stops if that fails."""
   with contextlib.ExitStack() as stack:
@@ -206,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   validation.check_config(config)
   workdir = paths.resolve(workdir)
   with claim_workdir(workdir):
-    return _train(config, workdir, build)
+    with out_of_memory_explained(config, config.batch_size // jax.device_count()):
+      return _train(config, workdir, build)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dict[str, Any]:

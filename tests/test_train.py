@@ -200,6 +200,16 @@ def test_bad_input_is_one_error_line_before_any_step_and_without_traceback(tmp_p
   assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'metrics.jsonl').exists()
 
 
+def test_running_out_of_memory_is_one_error_naming_what_to_change(tmp_path):
+  # 65,536 synthetic images of 224x224 are 39 GB: more than this machine (or CI) can allocate.
+  code, out = run_train_py(tmp_path, '--config=configs/synthetic.py:S/32',
+                           '--config.batch_size=65536', '--config.total_steps=2')
+  assert code == 1 and 'Traceback' not in out, out
+  last = out.strip().splitlines()[-1]
+  assert last.startswith('error: Out of device memory (') and 'batch_size=65536' in last, out
+  assert 'grad_accum_steps' in last and 'model.remat=True' in last
+
+
 def test_a_second_run_on_a_busy_workdir_refuses_and_ctrl_c_stops_the_first_with_a_checkpoint(
     tmp_path):
   flags = ['--config.total_steps=5000', '--config.checkpoint_every=4000', '--config.log_every=5']
