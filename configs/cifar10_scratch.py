@@ -65,4 +65,4 @@ def get_config(arg: str = '4') -> ml_collections.ConfigDict:
   config.eval_every = 2_000
   config.checkpoint_every = 2_000
   config.keep_checkpoints = 3
-  return smoke.shrink(config) if 'smoke' in options else config
+  return smoke.apply(config, options, 'PATCH[,smoke], e.g. configs/cifar10_scratch.py:4')

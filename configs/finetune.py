@@ -19,6 +19,9 @@ STEPS = {'cifar10': 10_000, 'cifar100': 10_000, 'oxford_iiit_pet': 500,
 
 
 def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
+  if ',' not in arg:
+    raise ValueError(f'the argument is VARIANT,DATASET[,smoke], e.g. configs/finetune.py:B/16,'
+                     f'cifar10, not {arg!r}.')
   variant, dataset, *options = arg.split(',')
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -59,4 +62,4 @@ def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
 
-  return smoke.shrink(config) if 'smoke' in options else config
+  return smoke.apply(config, options, 'VARIANT,DATASET[,smoke], e.g. configs/finetune.py:B/16,cifar10')

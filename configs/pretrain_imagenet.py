@@ -58,4 +58,4 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
   config.checkpoint_every = 2000
   config.keep_checkpoints = 3
 
-  return smoke.shrink(config) if 'smoke' in options else config
+  return smoke.apply(config, options, 'VARIANT[,smoke], e.g. configs/pretrain_imagenet.py:B/16')

@@ -35,4 +35,4 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
   config.randaug_magnitude, config.mixup = TABLE_4[size]
   config.total_steps = 300 * TRAIN_EXAMPLES // config.batch_size
   config.eval_every = 20_000
-  return smoke.shrink(config) if 'smoke' in options else config
+  return smoke.apply(config, options, 'VARIANT[,smoke], e.g. configs/pretrain_imagenet21k.py:L/16')

@@ -11,3 +11,11 @@ def shrink(config):
   config.total_steps, config.warmup_steps = 3, 1
   config.log_every = config.eval_every = config.checkpoint_every = 3
   return config
+
+
+def apply(config, options: list[str], usage: str):
+  """The recipe's config with its options applied: `smoke` is the only one."""
+  unknown = [o for o in options if o != 'smoke']
+  if unknown:
+    raise ValueError(f'unknown option {",".join(unknown)!r}: the argument is {usage}.')
+  return shrink(config) if options else config

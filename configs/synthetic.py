@@ -51,4 +51,4 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
   config.eval_every = 200
   config.checkpoint_every = 200
   config.keep_checkpoints = 1
-  return smoke.shrink(config) if 'smoke' in options else config
+  return smoke.apply(config, options, 'VARIANT[,smoke], e.g. configs/synthetic.py:B/16')

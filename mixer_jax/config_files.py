@@ -1,5 +1,6 @@
 """Config files (`configs/*.py` with `get_config(arg)`) named by a --config flag."""
 import importlib.util
+import inspect
 import os
 
 from absl import flags
@@ -29,6 +30,9 @@ def load(path_and_arg: str):
   path, _, arg = path_and_arg.partition(':')
   module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
   module.__loader__.exec_module(module)
+  if arg and not inspect.signature(module.get_config).parameters:
+    raise ValueError(f'{os.path.basename(path)} takes no argument after ":" (got {arg!r}); its '
+                     'settings are --config.<field>=<value>.')
   return module.get_config(*([arg] if arg else []))
 
 
@@ -78,7 +82,9 @@ def exit_on_unknown_fields(argv, config, error, default: str | None):
     message = str(error)
     if 'Traceback' in message:  # raised by the config file's get_config: its message suffices
       message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
-    errors.exit_with(f'error: {message} (--helpfull lists the flags).')
+    hint = (f'{path.partition(":")[0]} documents each field' if message.startswith('flag --config.')
+            else '--helpfull lists the flags')
+    errors.exit_with(f'error: {message} ({hint}).')
   errors.exit_with(f'error: {", ".join(unknown)}: no such field in {path}. Its fields are: '
                    f'{", ".join(sorted(_field_names(config)))}.')
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import cifar10_scratch, digits, finetune, pretrain_imagenet, pretrain_imagenet21k
-from mixer_jax import checkpoints, input_pipeline, models, trainer
+from mixer_jax import checkpoints, config_files, input_pipeline, models, trainer
 from mixer_jax.errors import UserError
 
 TFDS_DATASETS = ['cifar10', 'cifar100', 'oxford_iiit_pet', 'oxford_flowers102', 'imagenet2012']
@@ -92,6 +92,26 @@ def test_imagenet21k_recipe_trains_on_an_unverified_folder_and_skips_bad_files(t
   results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['step'] == 3 and 0.0 <= results['test_accuracy'] <= 1.0
   assert (tmp_path / 'run' / 'checkpoints' / '3').is_dir()
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('finetune.py:B/16,cifar10,smok', r"unknown option 'smok': the argument is VARIANT,DATASET"),
+    ('finetune.py:B/16', r"the argument is VARIANT,DATASET\[,smoke\].* not 'B/16'"),
+    ('pretrain_imagenet.py:B/16,smoke,fast', r"unknown option 'fast': the argument is VARIANT"),
+    ('synthetic.py:S/32,smoke,x', r"unknown option 'x'"),
+    ('cifar10_scratch.py:4,smokey', r"unknown option 'smokey': the argument is PATCH"),
+    ('digits.py:B/16', r'digits.py takes no argument after ":" \(got \'B/16\'\)'),
+])
+def test_a_recipe_refuses_an_argument_it_does_not_know(arg, message):
+  # A misspelt `smoke` used to run the full recipe: hours instead of seconds.
+  with pytest.raises(ValueError, match=message):
+    config_files.load(os.path.join(os.path.dirname(digits.__file__), arg))
+
+
+def test_recipe_options_shrink_the_recipe():
+  full, smoke = finetune.get_config('B/16,cifar10'), finetune.get_config('B/16,cifar10,smoke')
+  assert (full.total_steps, full.batch_size) == (10_000, 512)
+  assert (smoke.total_steps, smoke.batch_size) == (3, 8)
 
 
 def test_data_set_not_on_disk_fails_at_once_with_where_and_how(tmp_path):
