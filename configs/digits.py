@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: 1,437 train / 360 test images, upsampled from 8x8.
   config.dataset = 'digits'  # or 'folder': <data_dir>/{train,test}/<class>/*.{jpg,png}
   config.data_dir = ''
-  config.eval_split = 'test'  # reported at eval_every and at the end (digits has no validation split)
+  config.eval_split = 'test'  # at eval_every and at the end (digits has no validation split)
   config.image_size = 16
   config.augment = ml_collections.ConfigDict()
   config.augment.max_shift = 0.125  # random translation, as a fraction of the image size
