@@ -62,4 +62,5 @@ def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
 
-  return smoke.apply(config, options, 'VARIANT,DATASET[,smoke], e.g. configs/finetune.py:B/16,cifar10')
+  return smoke.apply(config, options,
+                     'VARIANT,DATASET[,smoke], e.g. configs/finetune.py:B/16,cifar10')
