@@ -112,9 +112,10 @@ class MetricsLog:
   """TensorBoard events (through clu) plus one JSON line per record, from process 0 only.
 
   clu writes events with TensorFlow; on a machine with JAX alone (synthetic data) the JSON
-  lines are written without them. A resumed run repeats the steps after its checkpoint, so
-  their records from the run that stopped are dropped from metrics.jsonl first (TensorBoard
-  drops them itself when it sees a step go back).
+  lines are written without them. metrics.jsonl holds one record a step and split: a resumed
+  run repeats the steps after its checkpoint, so the stopped run's records of them are dropped
+  first (TensorBoard drops them itself when it sees a step go back), and a finished run
+  evaluated again replaces its evaluation.
   """
 
   def __init__(self, workdir: epath.Path, start_step: int):
@@ -122,30 +123,37 @@ class MetricsLog:
     self.writer = None
     self.path = workdir / 'metrics.jsonl'
     if self.is_main:
-      self._drop_records_after(start_step)
+      dropped = self._keep(lambda record: record['step'] <= start_step)
+      if dropped:
+        logging.info('metrics.jsonl: dropped %d records of steps after %d, which this run '
+                     'repeats.', dropped, start_step)
       try:
         from clu import metric_writers
         self.writer = metric_writers.create_default_writer(str(workdir))
       except ImportError as e:
         logging.warning('No TensorBoard events (%s); metrics go to metrics.jsonl only.', e)
 
-  def _drop_records_after(self, step: int):
-    """Keeps the records up to `step`; a line torn by a killed run goes too."""
-    if not self.path.exists():
-      return
-    lines = self.path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if (s := _record_step(line)) is not None and s <= step]
+  def _keep(self, keep) -> int:
+    """Rewrites metrics.jsonl with the records that `keep`; a line torn by a kill goes too.
+
+    Returns how many lines went; remembers the (step, split) of those kept.
+    """
+    lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    kept = [line for line in lines if (r := _record(line)) is not None and keep(r)]
     if len(kept) < len(lines):
       tmp = self.path.with_name('metrics.jsonl.tmp')
       tmp.write_text(''.join(kept))
       tmp.replace(self.path)
-      logging.info('metrics.jsonl: dropped %d records of steps after %d, which this run repeats.',
-                   len(lines) - len(kept), step)
+    self.logged = {(r['step'], r['split']) for r in map(_record, kept)}
+    return len(lines) - len(kept)
 
   def write(self, step: int, split: str, metrics: dict[str, float]):
     if self.is_main:
       if self.writer:
         self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
+      if (step, split) in self.logged:  # a finished run evaluated again: the new record replaces it
+        self._keep(lambda record: (record['step'], record['split']) != (step, split))
+      self.logged.add((step, split))
       with self.path.open('a') as f:
         f.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
 
@@ -154,11 +162,12 @@ class MetricsLog:
       self.writer.close()
 
 
-def _record_step(line: str) -> int | None:
-  """The step of one metrics.jsonl line; None for a line that is not a whole record."""
+def _record(line: str) -> dict | None:
+  """One metrics.jsonl line as a record; None for a line that is not a whole record."""
   try:
-    return int(json.loads(line)['step']) if line.endswith('\n') else None
-  except (ValueError, KeyError, TypeError):
+    record = json.loads(line) if line.endswith('\n') else None
+    return record if isinstance(record, dict) and {'step', 'split'} <= record.keys() else None
+  except ValueError:
     return None
 
 
@@ -256,20 +265,21 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   checkpoints = ckpt.manager(workdir, config.keep_checkpoints)
   changes = config_changes(workdir, config)
   state, start_step = ckpt.restore_latest(checkpoints, state)
+  trains = start_step < config.total_steps  # else config.json stays the record of the training
   if start_step:
     logging.info('Resumed from %s at step %d.', checkpoints.directory, start_step)
     if changes:
       logging.warning('This run continues with settings that differ from those it was started '
-                      'with (config.json, now updated): %s. Use a new --workdir to start afresh '
-                      'instead.', '; '.join(changes))
-    if start_step >= config.total_steps:
+                      'with (config.json, %s): %s. Use a new --workdir to start afresh instead.',
+                      'now updated' if trains else 'kept', '; '.join(changes))
+    if not trains:
       logging.warning('The checkpoint is at step %d, total_steps is %d: evaluating it without '
                       'training.', start_step, config.total_steps)
   elif init_params is not None:
     params = ckpt.adapt(init_params, jax.device_get(state.params), factor)
     state = state.replace(params=jax.device_put(params, NamedSharding(mesh, P())))
     logging.info('Initialised from %s.', config.init_from)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and trains:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
   train_step = steps.make_train_step(model, learning_rate_fn, mesh, num_classes, config.mixup,

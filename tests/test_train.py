@@ -264,6 +264,10 @@ def test_a_resume_names_changed_settings_and_a_run_past_total_steps_keeps_its_st
       caplog.text)
   assert results['step'] == 10
   assert json.loads((tmp_path / 'run' / 'results.json').read_text())['step'] == 10
+  # config.json stays the record of the training; the new evaluation replaces the old one.
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text())['total_steps'] == 10
+  records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').open()]
+  assert [(r['step'], r['split']) for r in records] == [(10, 'train'), (10, 'test')]
 
 
 @pytest.mark.slow
