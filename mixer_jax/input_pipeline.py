@@ -6,12 +6,14 @@ and augmentation draws are derived from the seed and the example's position, so 
 at step k sees exactly the batches an uninterrupted run would have seen from step k on.
 """
 import dataclasses
+import functools
 import os
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import tqdm
 from absl import logging
 
 from mixer_jax import paths, permutations, randaugment, steps
@@ -83,12 +85,14 @@ def _files_under(folder: str) -> list[str]:
   return found
 
 
+@functools.lru_cache(maxsize=8)
 def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   """Images under `<root>/<split>/<class>/` (*.jpg, *.jpeg, *.png, in sub-folders too); classes
   are the sorted train folders. `root` may be a gs:// URL.
 
   With `verify`, every file is decoded once and those that fail are skipped, with their count
-  and names in the log; without it (millions of files) files are only listed.
+  and names in the log; without it (millions of files) files are only listed. Each split is
+  read once a process: the class count, the training stream and every evaluation reuse it.
   """
   root = str(paths.resolve(root))
   layout = ('Expected <data_dir>/train/<class>/*.jpg|png and <data_dir>/test/<class>/*.jpg|png; '
@@ -104,7 +108,7 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   classes = class_folders(os.path.join(root, 'train'))
   if not classes:
     raise UserError(f'{os.path.join(root, "train")} has no class folders. {layout}')
-  image_paths, labels, corrupt, ignored = [], [], [], []
+  found, ignored = [], []  # found: (path, label)
   for name in class_folders(os.path.join(root, split)):
     if name not in classes:
       raise UserError(f'Class folder {name!r} of {os.path.join(root, split)} is missing from '
@@ -116,12 +120,16 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
     if not files:
       raise UserError(f'Class folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)}): '
                       'add images or remove the folder.')
-    for path in files:
-      if not verify or _is_decodable(path):
-        image_paths.append(path)
-        labels.append(classes.index(name))
-      else:
-        corrupt.append(path)
+    found += [(path, classes.index(name)) for path in files]
+  image_paths, labels, corrupt = [], [], []
+  for path, label in tqdm.tqdm(found, desc=f'Decoding each image of {split} once', unit='image',
+                               mininterval=2.0, disable=not verify or len(found) < 5000
+                               or jax.process_index() != 0):
+    if not verify or _is_decodable(path):
+      image_paths.append(path)
+      labels.append(label)
+    else:
+      corrupt.append(path)
   for problem, found in (('corrupt or unreadable image(s)', corrupt),
                          (f'file(s) without an image extension ({", ".join(IMAGE_EXTENSIONS)})',
                           ignored)):

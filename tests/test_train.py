@@ -288,13 +288,18 @@ def test_default_digits_run_reaches_95_percent(tmp_path):
 
 def test_image_folder_trains_and_evaluates_through_train_py(tmp_path):
   root = make_image_folder(tmp_path / 'data')
+  for split in ('train', 'test'):
+    (root / split / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
   code, out = run_train_py(
       tmp_path / 'run', '--config.dataset=folder', f'--config.data_dir={root}',
       '--config.batch_size=4', '--config.eval_batch_size=4', '--config.total_steps=40',
-      '--config.warmup_steps=5', '--config.log_every=10', '--config.eval_every=100')
+      '--config.warmup_steps=5', '--config.log_every=10', '--config.eval_every=20')
   assert code == 0, out
   accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
   assert accuracy >= 0.75  # 12 test images of 3 classes; chance is 1/3
+  # Each split is decoded once, however often the run reads it (classes, stream, 2 evaluations).
+  for split in ('train', 'test'):
+    assert out.count(f'Skipped 1 corrupt or unreadable image(s) in {root / split}:') == 1, out
 
 
 def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
