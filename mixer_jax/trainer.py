@@ -256,6 +256,12 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     logging.info('Fine-tuning at %dx the resolution of %s: token-mixing MLPs expanded to %d '
                  'block-diagonal copies.', factor, config.init_from, factor ** 2)
   learning_rate_fn = optim.create_learning_rate_fn(config)
+  if config.warmup_steps >= config.total_steps:
+    logging.warning('warmup_steps=%d is not below total_steps=%d: the learning rate rises for the '
+                    'whole run, to %.3g of learning_rate=%g, and never decays. Lower '
+                    '--config.warmup_steps for a run this short.', config.warmup_steps,
+                    config.total_steps, config.total_steps / config.warmup_steps,
+                    config.learning_rate)
   tx = optim.create_optimizer(config, learning_rate_fn)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   image_shape = (config.image_size, config.image_size, 3)

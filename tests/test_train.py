@@ -260,6 +260,8 @@ def test_a_resume_names_changed_settings_and_a_run_past_total_steps_keeps_its_st
   config.update(dict(total_steps=5, learning_rate=0.01))
   results = trainer.train_and_evaluate(config, '~/run')
   assert 'learning_rate: 0.003 -> 0.01; total_steps: 10 -> 5' in caplog.text
+  assert ('warmup_steps=10 is not below total_steps=5: the learning rate rises for the whole '
+          'run, to 0.5 of learning_rate=0.01') in caplog.text
   assert 'The checkpoint is at step 10, total_steps is 5: evaluating it without training' in (
       caplog.text)
   assert results['step'] == 10
