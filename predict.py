@@ -8,10 +8,11 @@ The checkpoint is a workdir (its newest checkpoint), a checkpoints/<step> folder
 path may be a gs:// URL.
 """
 import os
+import re
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's notices and warnings
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import numpy as np
 import tensorflow as tf
@@ -31,13 +32,13 @@ def classify(params, image_files: list[str]) -> np.ndarray:
   model = models.MlpMixer(**kwargs)
   images = []
   for path in image_files:
-    if not paths.resolve(path).is_file():
-      raise UserError(f'{path} is not a file: give JPEG, PNG, GIF or BMP files.')
     try:
       image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
     except tf.errors.InvalidArgumentError as e:
-      raise UserError(f'Cannot read {path} as an image ({e.message.splitlines()[0]}): give '
-                      'JPEG, PNG, GIF or BMP files.') from e
+      # TensorFlow wraps the reason in the op's name: '{{function_node ...}} Unknown image ...'.
+      reason = re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', e.message.splitlines()[0])
+      raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF or BMP '
+                      'files.') from e
     images.append(input_pipeline.to_model_input(image, resolution).numpy())
   logits = jax.jit(model.apply)({'params': params}, np.stack(images))
   return np.asarray(jax.nn.softmax(logits))
@@ -61,6 +62,10 @@ def main(argv):
   image_files = argv[1:]
   if not image_files:
     raise UserError('Give one or more image files after the flags.')
+  for path in image_files:  # before the weights, which can take minutes to load
+    if not paths.resolve(path).is_file():
+      raise UserError(f'{path} is not a file: give JPEG, PNG, GIF or BMP files.')
+  logging.set_verbosity(logging.WARNING)  # the output is the classes, not orbax's progress
   params = checkpoints.load_params(_CHECKPOINT.value, '--checkpoint')
   num_classes = checkpoints.model_kwargs(params)['num_classes']
   if not num_classes:

@@ -4,6 +4,7 @@ Every loader returns a nested dict of NumPy arrays with the parameter names of
 `mixer_jax.models`; `adapt` fits such a tree to a model (new head, higher resolution) and
 names every path that does not fit.
 """
+import contextlib
 import io
 import math
 import zipfile
@@ -12,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import traverse_util
 
@@ -231,15 +233,28 @@ def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[st
   return params
 
 
+@contextlib.contextmanager
+def _filtered_log(keep):
+  """absl log records for which `keep` is false are dropped while the context lasts."""
+  logger = logging.get_absl_logger()
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
 def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:
   if (folder / 'checkpoints').is_dir():
     folder = folder / 'checkpoints'
   step = None
   if (folder / 'default').is_dir() and folder.name.isdigit():  # a checkpoints/<step> folder
     folder, step = folder.parent, int(folder.name)
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(folder, options=options,
-                             item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
+  # orbax warns that a read-only manager is read-only: what was asked for, not news.
+  quiet = _filtered_log(lambda record: 'read only' not in record.getMessage().replace('_', ' '))
+  with quiet, ocp.CheckpointManager(
+      folder, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
     step = checkpoints.latest_step() if step is None else step
     if step is None:
       raise UserError(f'{what} holds no checkpoint: {WEIGHT_KINDS}.')

@@ -40,7 +40,8 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['{run}/../not_an_image.png'], r'Cannot read .*not_an_image.png as an image'),
+    (['{run}/../not_an_image.png'], r'Cannot read .*not_an_image.png as an image \(Unknown '
+                                    r'image file format\. One of [^{}\[\]]*\): give JPEG'),
     (['{run}'], r'.*run is not a file: give JPEG'),
     (['--labels={run}/../labels.txt', '{run}/../not_an_image.png'],
      r'--labels=.*labels.txt has 2 names, the weights 10 classes'),
@@ -48,6 +49,14 @@ def trained(tmp_path_factory):
 def test_predict_on_bad_input_is_one_error_line(trained, args, message):
   code, out = _predict(trained, *[a.format(run=trained / 'run') for a in args])
   assert code == 1 and re.search(message, error_line(out)), out
+  assert 'checkpoint_manager' not in out  # orbax's notes on reading are not the user's business
+
+
+def test_a_missing_image_is_named_before_the_weights_are_read(tmp_path):
+  (tmp_path / 'run').mkdir()  # weights that would fail to load: no checkpoint in it
+  code, out = _predict(tmp_path, str(tmp_path / 'cat.jpg'))
+  assert code == 1 and error_line(out) == (
+      f'error: {tmp_path / "cat.jpg"} is not a file: give JPEG, PNG, GIF or BMP files.')
 
 
 def _predict(tmp_path, *args):
