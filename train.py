@@ -77,6 +77,9 @@ def initialize_distributed():
         '$JAX_COORDINATOR_ADDRESS).')
   try:
     if address:
+      # Until every process has connected, JAX says nothing; it gives up after 5 minutes.
+      logging.info('Process %d of %d: waiting for all %d processes to connect to %s.', index,
+                   count, count, address)
       jax.distributed.initialize(address, count, index)
     elif detected:
       jax.distributed.initialize()  # TPU pod slice, SLURM or Open MPI

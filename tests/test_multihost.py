@@ -36,6 +36,8 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     for p in procs:
       p.kill()
   assert [p.returncode for p in procs] == [0, 0], outputs
+  for i, out in enumerate(outputs):
+    assert f'Process {i} of 2: waiting for all 2 processes to connect to {address}.' in out
   # Metrics and the result line come from process 0 only.
   assert 'Final test accuracy' in outputs[0] and 'Final test accuracy' not in outputs[1]
   assert 'test/accuracy' not in outputs[1]
