@@ -188,23 +188,35 @@ def out_of_memory_explained(config, per_device: int):
 
 @contextlib.contextmanager
 def claim_workdir(workdir: epath.Path):
-  """Creates the workdir and holds its lock (process 0); every process stops if that fails."""
-  with contextlib.ExitStack() as stack:
-    error = None
-    if jax.process_index() == 0:
-      try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(lock.WorkdirLock(workdir))
-      except UserError as e:
-        error = e
-      except paths.storage_errors() as e:
-        error = UserError(f'The workdir {workdir} cannot be created or written ('
-                          f'{str(e).splitlines()[0]}): give a --workdir this user can write.')
-    if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(error is not None):
-      error = error or UserError(f'Process 0 could not start the run in {workdir}: see its error.')
-    if error:
-      raise error
-    yield
+  """Creates the workdir and holds its lock (process 0); every process stops if that fails.
+
+  A workdir this run created is removed again if the run stops before writing anything in it.
+  """
+  created = False
+  try:
+    with contextlib.ExitStack() as stack:
+      error = None
+      if jax.process_index() == 0:
+        try:
+          created = not workdir.exists()
+          workdir.mkdir(parents=True, exist_ok=True)
+          stack.enter_context(lock.WorkdirLock(workdir))
+        except UserError as e:
+          error = e
+        except paths.storage_errors() as e:
+          error = UserError(f'The workdir {workdir} cannot be created or written ('
+                            f'{str(e).splitlines()[0]}): give a --workdir this user can write.')
+      if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(error is not None):
+        error = error or UserError(f'Process 0 could not start the run in {workdir}: see its '
+                                   'error.')
+      if error:
+        raise error
+      yield
+  except BaseException:
+    with contextlib.suppress(*paths.storage_errors()):
+      if created and not any(workdir.iterdir()):
+        workdir.rmdir()
+    raise
 
 
 def config_changes(workdir: epath.Path, config) -> list[str]:

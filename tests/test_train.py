@@ -200,6 +200,18 @@ def test_bad_input_is_one_error_line_before_any_step_and_without_traceback(tmp_p
   assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'metrics.jsonl').exists()
 
 
+def test_a_run_that_stops_before_writing_anything_leaves_no_workdir_behind(tmp_path):
+  with pytest.raises(UserError, match='does not exist'):
+    trainer.train_and_evaluate(small_config(init_from=str(tmp_path / 'nowhere.npz')),
+                               str(tmp_path / 'new' / 'run'))
+  assert not (tmp_path / 'new' / 'run').exists()
+  (tmp_path / 'mine').mkdir()  # a folder the user made is theirs, empty or not
+  with pytest.raises(UserError, match='does not exist'):
+    trainer.train_and_evaluate(small_config(init_from=str(tmp_path / 'nowhere.npz')),
+                               str(tmp_path / 'mine'))
+  assert (tmp_path / 'mine').is_dir()
+
+
 def test_running_out_of_memory_is_one_error_naming_what_to_change(tmp_path):
   # 65,536 synthetic images of 224x224 are 39 GB: more than this machine (or CI) can allocate.
   code, out = run_train_py(tmp_path, '--config=configs/synthetic.py:S/32',
