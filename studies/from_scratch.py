@@ -11,7 +11,7 @@ seeds: on digits' 360 test images one image is 0.28%. --mixers are BLOCKSxWIDTH 
 recipe's patch size and the recipe's ratios D_S/C and D_C/C; --resnets are UNITSxWIDTH
 pre-activation ResNets (studies/resnet.py: UNITS residual units in each of 3 stages, WIDTH
 channels doubling per stage). Runs land in <workdir>/<model>_seed<k>, and a rerun reuses
-finished runs; from_scratch.png (accuracy against parameters, mean and standard deviation over
+finished runs of the same settings; from_scratch.png (accuracy against parameters, mean and standard deviation over
 seeds, each seed a dot) and from_scratch.json (parameters, per-seed accuracies, mean, std) go
 to <workdir>.
 """
@@ -113,7 +113,7 @@ def main(argv: Sequence[str]) -> None:
       print(f'Training {name} with seed {seed} in {workdir}', flush=True)
       run = copy.deepcopy(config)
       run.seed = seed
-      results = trainer.train_and_evaluate(run, workdir, build)
+      results = study.train(run, workdir, build)
       accuracies.append(results[f'{recipe.eval_split}_accuracy'])
     rows.append({'model': name, 'family': 'Mixer' if name.startswith('mixer') else 'ResNet',
                  'params': parameter_count(config, build), 'mean': float(np.mean(accuracies)),

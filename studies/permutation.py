@@ -19,7 +19,7 @@ gives on `patch_pixel` images the logits it gives on the originals.
 `--shuffle=test_only` trains on the original data only and evaluates on permuted test images:
 what a trained model does with inputs it never saw shuffled (a Mixer breaks, like the ResNet),
 next to the Mixer with its weights permuted. Runs land in <workdir>/<model>_<permutation>, and a
-rerun reuses finished runs; permutation.png and permutation.json go to <workdir>.
+rerun reuses finished runs of the same settings; permutation.png and permutation.json go to <workdir>.
 """
 import copy
 import os
@@ -118,7 +118,7 @@ def train(values, recipe, model: str, kind: str, patch_size: int) -> tuple[dict,
   workdir = os.path.join(values.workdir, f'{model}_{kind}')
   print(f'{LABELS[model]} on {kind} data: {workdir}', flush=True)
   config = run_config(recipe, values, kind, patch_size)
-  results = trainer.train_and_evaluate(config, workdir, BUILDERS[model])
+  results = study.train(config, workdir, BUILDERS[model])
   return results, curves.read_metrics(workdir)
 
 

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 matplotlib.use('Agg')  # files only, no display
 from matplotlib.figure import Figure  # noqa: E402
 
+from mixer_jax import paths, trainer  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +67,18 @@ def recipe(values: flags.FlagValues):
     return values.config.copy_and_resolve_references()
   except OSError as e:  # config_flags defers a failed load to the first use
     raise UserError(f'Cannot load the recipe: {str(e).strip().splitlines()[-1].strip()}.') from e
+
+
+def train(config, workdir: str, build) -> dict[str, Any]:
+  """One run of a study: trained now, resumed, or found finished in `workdir`.
+
+  A run there with other settings is another experiment: reusing it would mix the two.
+  """
+  changes = trainer.config_changes(paths.resolve(workdir), config)
+  if changes:
+    raise UserError(f'{workdir} holds a run with other settings ({"; ".join(changes)}): give '
+                    'this study another --workdir, or delete that run to train it again.')
+  return trainer.train_and_evaluate(config, workdir, build)
 
 
 def split_list(text: str, allowed: Sequence[str], what: str) -> list[str]:

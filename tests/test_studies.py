@@ -119,6 +119,16 @@ def test_shuffling_only_at_test_time_reuses_the_original_runs(permutation_workdi
   read_png(permutation_workdir / 'permutation_test_only.png', (8, 4.2))
 
 
+def test_a_rerun_with_other_settings_does_not_extend_the_runs_it_finds(permutation_workdir):
+  recipe = [f for f in TINY_RECIPE if 'total_steps' not in f] + ['--config.total_steps=4']
+  with pytest.raises(UserError, match=r'mixer_original holds a run with other settings \('
+                                      r'total_steps: 2 -> 4\): give this study another --workdir'):
+    permutation.main(['permutation.py', f'--workdir={permutation_workdir}', *recipe,
+                      '--resnet_width=4', '--resnet_stage_sizes=1', '--seed=3',
+                      '--permutations=original,global'])
+  assert [p.name for p in (permutation_workdir / 'mixer_original' / 'checkpoints').iterdir()] == ['2']
+
+
 @pytest.mark.parametrize('flag,message', [
     ('--permutations=original,rotate', 'Unknown permutation rotate: choose from original, patch_pixel, global'),
     ('--models=mixer,vgg', 'Unknown model vgg: choose from mixer, resnet'),
