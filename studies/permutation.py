@@ -19,7 +19,8 @@ gives on `patch_pixel` images the logits it gives on the originals.
 `--shuffle=test_only` trains on the original data only and evaluates on permuted test images:
 what a trained model does with inputs it never saw shuffled (a Mixer breaks, like the ResNet),
 next to the Mixer with its weights permuted. Runs land in <workdir>/<model>_<permutation>, and a
-rerun reuses finished runs of the same settings; permutation.png and permutation.json go to <workdir>.
+rerun reuses finished runs of the same settings; permutation.png and permutation.json go to
+<workdir>.
 """
 import copy
 import os
