@@ -85,6 +85,12 @@ def _files_under(folder: str) -> list[str]:
   return found
 
 
+def _progress(items, what: str, unit: str, shown: bool):
+  """`items`, with a progress bar on process 0 where `shown` (work of minutes, not seconds)."""
+  return tqdm.tqdm(items, desc=what, unit=unit, mininterval=2.0,
+                   disable=not shown or jax.process_index() != 0)
+
+
 @functools.lru_cache(maxsize=8)
 def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   """Images under `<root>/<split>/<class>/` (*.jpg, *.jpeg, *.png, in sub-folders too); classes
@@ -108,9 +114,11 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   classes = class_folders(os.path.join(root, 'train'))
   if not classes:
     raise UserError(f'{os.path.join(root, "train")} has no class folders. {layout}')
+  label_of = {name: label for label, name in enumerate(classes)}  # 21k classes: no list.index
   found, ignored = [], []  # found: (path, label)
-  for name in class_folders(os.path.join(root, split)):
-    if name not in classes:
+  names = class_folders(os.path.join(root, split))
+  for name in _progress(names, f'Listing the {split} folders', 'class', len(names) >= 1000):
+    if name not in label_of:
       raise UserError(f'Class folder {name!r} of {os.path.join(root, split)} is missing from '
                       f'the training split ({", ".join(classes)}): add it there or remove it.')
     folder = os.path.join(root, split, name)
@@ -120,11 +128,10 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
     if not files:
       raise UserError(f'Class folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)}): '
                       'add images or remove the folder.')
-    found += [(path, classes.index(name)) for path in files]
+    found += [(path, label_of[name]) for path in files]
   image_paths, labels, corrupt = [], [], []
-  for path, label in tqdm.tqdm(found, desc=f'Decoding each image of {split} once', unit='image',
-                               mininterval=2.0, disable=not verify or len(found) < 5000
-                               or jax.process_index() != 0):
+  for path, label in _progress(found, f'Decoding each image of {split} once', 'image',
+                               verify and len(found) >= 5000):
     if not verify or _is_decodable(path):
       image_paths.append(path)
       labels.append(label)
