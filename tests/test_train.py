@@ -222,6 +222,24 @@ def test_running_out_of_memory_is_one_error_naming_what_to_change(tmp_path):
   assert 'grad_accum_steps' in last and 'model.remat=True' in last
 
 
+def test_ctrl_c_while_train_py_starts_ends_it_quietly(tmp_path):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), f'--workdir={tmp_path / "run"}'],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 60
+    while '_jax.so' not in pathlib.Path(f'/proc/{proc.pid}/maps').read_text():  # importing jax
+      assert time.time() < deadline and proc.poll() is None
+      time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  # Before, Python unwound the half-imported jaxlib: a segmentation fault, or a traceback.
+  assert proc.returncode == 130 and out.strip().splitlines()[-1] == 'Interrupted (Ctrl-C).', out
+  assert 'Traceback' not in out and not (tmp_path / 'run').exists()
+
+
 def test_a_second_run_on_a_busy_workdir_refuses_and_ctrl_c_stops_the_first_with_a_checkpoint(
     tmp_path):
   flags = ['--config.total_steps=5000', '--config.checkpoint_every=4000', '--config.log_every=5']
