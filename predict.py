@@ -10,6 +10,9 @@ path may be a gs:// URL.
 import os
 import re
 
+from mixer_jax import errors
+
+errors.end_quietly_on_ctrl_c_while_starting()  # the imports below take seconds
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's notices and warnings
 
 from absl import app, flags, logging
@@ -17,7 +20,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from mixer_jax import checkpoints, errors, input_pipeline, models, paths
+from mixer_jax import checkpoints, input_pipeline, models, paths
 from mixer_jax.errors import UserError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Weights to classify with.', required=True)

@@ -7,24 +7,18 @@ A run resumes from the newest checkpoint in its workdir. Several hosts: see READ
 """
 import logging as std_logging
 import os
-import signal
 import sys
 
+from mixer_jax import errors
 
-def _interrupted_while_starting(*_):
-  print('Interrupted (Ctrl-C).', file=sys.stderr, flush=True)
-  os._exit(130)  # not SystemExit: unwinding a half-imported extension can crash the interpreter
-
-
-# Ctrl-C during the seconds of imports below ends quietly; main() restores KeyboardInterrupt.
-signal.signal(signal.SIGINT, _interrupted_while_starting)
+errors.end_quietly_on_ctrl_c_while_starting()  # the imports below take seconds
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # hide TensorFlow's C++ start-up notices
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from mixer_jax import config_files, errors, host, paths, trainer
+from mixer_jax import config_files, host, paths, trainer
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, 'configs', 'digits.py')
@@ -99,7 +93,6 @@ def initialize_distributed():
 
 @errors.reported
 def main(argv):
-  signal.signal(signal.SIGINT, signal.default_int_handler)
   if len(argv) > 1:
     raise errors.UserError(f'Unexpected arguments: {" ".join(argv[1:])}: settings are '
                            '--config.<field>=<value>.')

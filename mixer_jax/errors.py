@@ -4,6 +4,8 @@ train.py, predict.py and the benchmarks print their message, which names the pro
 and the fix, as one `error:` line without a traceback, and exit with status 1.
 """
 import functools
+import os
+import signal
 import sys
 
 from absl import flags
@@ -26,10 +28,25 @@ def _unless_loop_closed(unraisable):
     sys.__unraisablehook__(unraisable)
 
 
+def _interrupted_while_starting(*_):
+  print('Interrupted (Ctrl-C).', file=sys.stderr, flush=True)
+  os._exit(130)  # not SystemExit: unwinding a half-imported extension can crash the interpreter
+
+
+def end_quietly_on_ctrl_c_while_starting():
+  """Ctrl-C during an entry point's seconds of imports ends it with one line, status 130.
+
+  A KeyboardInterrupt raised while jaxlib is being imported killed the interpreter with a
+  segmentation fault. `reported` restores the KeyboardInterrupt once main starts.
+  """
+  signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
 def reported(main):
   """An absl main whose UserError (and Ctrl-C) ends the program with one line."""
   @functools.wraps(main)
   def wrapped(argv):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.unraisablehook = _unless_loop_closed
     try:
       return main(argv)
