@@ -53,10 +53,55 @@ def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
                                item_handlers=ocp.StandardCheckpointHandler())
 
 
+@contextlib.contextmanager
+def reader(folder: epath.Path):
+  """A read-only CheckpointManager of `folder` (which may not exist), without orbax's notes."""
+  # orbax warns that a read-only manager is read-only: what was asked for, not news.
+  quiet = _filtered_log(lambda record: 'read only' not in record.getMessage().replace('_', ' '))
+  with quiet, ocp.CheckpointManager(
+      folder, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
+    yield checkpoints
+
+
 def _first_line(error: Exception) -> str:
   """An error's gist: tensorstore appends kilobytes of its spec to the message."""
   line = (str(error).splitlines() or [type(error).__name__])[0]
   return line.split(' [tensorstore_spec=')[0].split('. See full TensorStore details')[0]
+
+
+def _unreadable(checkpoints: ocp.CheckpointManager, step: int, error: Exception) -> UserError:
+  return UserError(
+      f'The checkpoint {epath.Path(checkpoints.directory) / str(step)} cannot be read; it is '
+      f'corrupt or truncated ({_first_line(error)}). Nothing was deleted. Move that folder out '
+      f'of {checkpoints.directory} to resume from the checkpoint before it, or use a new '
+      '--workdir to start afresh.')
+
+
+def _tree(checkpoints: ocp.CheckpointManager, step: int):
+  """The shapes and dtypes that the checkpoint of `step` holds."""
+  try:
+    return checkpoints.item_metadata(step).tree
+  except Exception as e:  # orbax and tensorstore raise many kinds of errors here
+    raise _unreadable(checkpoints, step, e) from e
+
+
+def token_mixing_width(checkpoints: ocp.CheckpointManager) -> int | None:
+  """The hidden width of the newest checkpoint's token-mixing MLPs; None for another model."""
+  tree = _tree(checkpoints, checkpoints.latest_step())
+  try:
+    return tree['params']['MixerBlock_0']['token_mixing']['Dense_0']['kernel'].shape[-1]
+  except (KeyError, TypeError):
+    return None
+
+
+def expansion(width: int, tokens_mlp_dim: int) -> int:
+  """K where token-mixing MLPs `width` wide are the K x K expansion of `tokens_mlp_dim` (else 1).
+
+  A fine-tune at K times its weights' resolution widens them K² times (`expand_token_mixing`).
+  """
+  k = math.isqrt(width // tokens_mlp_dim)
+  return k if k > 1 and k * k * tokens_mlp_dim == width else 1
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state):
@@ -65,14 +110,7 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state):
   if step is None:
     return state, 0
   path = epath.Path(checkpoints.directory) / str(step)
-  unreadable = (
-      f'The checkpoint {path} cannot be read; it is corrupt or truncated ({{error}}). Nothing '
-      f'was deleted. Move that folder out of {checkpoints.directory} to resume from the '
-      f'checkpoint before it, or use a new --workdir to start afresh.')
-  try:
-    found = checkpoints.item_metadata(step).tree
-  except Exception as e:  # orbax and tensorstore raise many kinds of errors here
-    raise UserError(unreadable.format(error=_first_line(e))) from e
+  found = _tree(checkpoints, step)
   mismatches = tree_mismatches(state.params, found.get('params', {}))
   if mismatches:
     raise UserError(
@@ -89,7 +127,7 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state):
   try:
     return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract)), step
   except Exception as e:
-    raise UserError(unreadable.format(error=_first_line(e))) from e
+    raise _unreadable(checkpoints, step, e) from e
 
 
 # --- Official .npz files (google-research/vision_transformer) ---
@@ -250,11 +288,7 @@ def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:
   step = None
   if (folder / 'default').is_dir() and folder.name.isdigit():  # a checkpoints/<step> folder
     folder, step = folder.parent, int(folder.name)
-  # orbax warns that a read-only manager is read-only: what was asked for, not news.
-  quiet = _filtered_log(lambda record: 'read only' not in record.getMessage().replace('_', ' '))
-  with quiet, ocp.CheckpointManager(
-      folder, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
+  with reader(folder) as checkpoints:
     step = checkpoints.latest_step() if step is None else step
     if step is None:
       raise UserError(f'{what} holds no checkpoint: {WEIGHT_KINDS}.')

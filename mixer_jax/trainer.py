@@ -190,7 +190,7 @@ def out_of_memory_explained(config, per_device: int):
 def claim_workdir(workdir: epath.Path):
   """Creates the workdir and holds its lock (process 0); every process stops if that fails.
 
-  A workdir this run created is removed again if the run stops before writing anything in it.
+  A workdir this run created is removed again if the run stops before writing a file in it.
   """
   created = False
   try:
@@ -214,8 +214,8 @@ def claim_workdir(workdir: epath.Path):
       yield
   except BaseException:
     with contextlib.suppress(*paths.storage_errors()):
-      if created and not any(workdir.iterdir()):
-        workdir.rmdir()
+      if created and all(p.is_dir() and not any(p.iterdir()) for p in workdir.iterdir()):
+        workdir.rmtree()  # at most the empty checkpoints/ of orbax's manager in it
     raise
 
 
@@ -255,18 +255,25 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
         f'{config.grad_accum_steps} micro-batches: use a divisor of {per_device}.')
   steps.check_batch_size(config.eval_batch_size, jax.device_count(), 'eval_batch_size')
 
-  # Weights to start from are read first: their resolution decides the token-MLP width.
-  init_params = ckpt.load_params(config.init_from) if config.init_from else None
+  # Weights to start from are read first: their resolution decides the token-MLP width. A run
+  # resuming from its own checkpoint reads that width there, and needs them no more.
+  with ckpt.reader(workdir / 'checkpoints') as found:
+    resuming = found.latest_step() is not None
+    resumed_width = ckpt.token_mixing_width(found) if resuming and config.init_from else None
+  init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
   factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
   data = data_source(config)
   num_classes = data.num_classes(config)
   if data is not synthetic:  # a missing or inconsistent evaluation split, now rather than later
     data.check_eval_split(config)
   model = build(config, num_classes)
+  if resumed_width:
+    factor = ckpt.expansion(resumed_width, model.tokens_mlp_dim)
   if factor > 1:
     model = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * factor ** 2)
-    logging.info('Fine-tuning at %dx the resolution of %s: token-mixing MLPs expanded to %d '
-                 'block-diagonal copies.', factor, config.init_from, factor ** 2)
+    if init_params:
+      logging.info('Fine-tuning at %dx the resolution of %s: token-mixing MLPs expanded to %d '
+                   'block-diagonal copies.', factor, config.init_from, factor ** 2)
   learning_rate_fn = optim.create_learning_rate_fn(config)
   if config.warmup_steps >= config.total_steps:
     logging.warning('warmup_steps=%d is not below total_steps=%d: the learning rate rises for the '

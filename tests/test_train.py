@@ -205,6 +205,13 @@ def test_a_run_that_stops_before_writing_anything_leaves_no_workdir_behind(tmp_p
     trainer.train_and_evaluate(small_config(init_from=str(tmp_path / 'nowhere.npz')),
                                str(tmp_path / 'new' / 'run'))
   assert not (tmp_path / 'new' / 'run').exists()
+  weights = trainer.train_and_evaluate(small_config(total_steps=2, checkpoint_every=2),
+                                       str(tmp_path / 'weights'))
+  wider = small_config(init_from=str(tmp_path / 'weights'))
+  wider.model.hidden_dim = 64  # the weights' are 128: they do not fit, found after checkpoints/
+  with pytest.raises(UserError, match='do not fit'):
+    trainer.train_and_evaluate(wider, str(tmp_path / 'new' / 'run'))
+  assert not (tmp_path / 'new' / 'run').exists()
   (tmp_path / 'mine').mkdir()  # a folder the user made is theirs, empty or not
   with pytest.raises(UserError, match='does not exist'):
     trainer.train_and_evaluate(small_config(init_from=str(tmp_path / 'nowhere.npz')),
@@ -343,6 +350,14 @@ def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
   assert 'Fine-tuning at 2x the resolution' in out and 'expanded to 4 block-diagonal' in out
   accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
   assert accuracy >= min(0.9, at16['test_accuracy'] - 0.05)  # keeps what it learnt at 16x16
+  # The same command, longer, resumes from the run's own (expanded) checkpoint: the weights it
+  # started from are no longer needed.
+  shutil.move(tmp_path / 'at16', tmp_path / 'elsewhere')
+  code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
+                           '--config.image_size=32', '--config.total_steps=40',
+                           '--config.warmup_steps=5', '--config.learning_rate=1e-3')
+  assert code == 0 and re.search(r'Resumed from .* at step 30\.', out), out
+  assert 'Fine-tuning at 2x' not in out
 
 
 def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
