@@ -190,7 +190,10 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         download=False, with_info=True, as_supervised=True,
         shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
         decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+    if isinstance(e, ValueError) and 'builder name' not in str(e):  # a split, not the name
+      raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): '
+                      'choose another --config.eval_split.') from e
     raise UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
                     'tensorflow-datasets name such as cifar10, cifar100, oxford_iiit_pet, '
                     'oxford_flowers102 or imagenet2012.') from e
@@ -200,9 +203,6 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         f'with internet run `tfds build {name} --data_dir=DIR` (imagenet2012 first needs the '
         'ILSVRC2012 tar files in DIR/downloads/manual), copy DIR here, and pass '
         f'--config.data_dir=DIR.') from e
-  except ValueError as e:  # a split the data set does not have
-    raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): choose '
-                    'another --config.eval_split.') from e
 
 
 def count_examples(config, split: str) -> int:

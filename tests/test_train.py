@@ -184,6 +184,7 @@ def error_line(out: str) -> str:
     (['--config.batch_size=abc'], r'--config.batch_size=abc: invalid literal'),
     (['--config.keep_checkpoints=0'], r'keep_checkpoints=0: at least the newest checkpoint'),
     (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': use digits, folder"),
+    (['--config.dataset=cifar-10'], r"Unknown dataset 'cifar-10': use digits"),  # not a name
     # Launch settings, paths and files.
     (['--num_processes=2'], r'needs --coordinator_address'),
     (['--num_processes=2', '--process_id=2'], r'--process_id=2 with --num_processes=2: give each '
