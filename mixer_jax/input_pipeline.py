@@ -190,8 +190,9 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         download=False, with_info=True, as_supervised=True,
         shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
         decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
-  except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
-    if isinstance(e, ValueError) and 'builder name' not in str(e):  # a split, not the name
+  except ValueError as e:  # DatasetNotFoundError is one, and so is a name tfds cannot parse
+    unknown = isinstance(e, tfds.core.registered.DatasetNotFoundError)
+    if not unknown and 'builder name' not in str(e):  # a split the data set does not have
       raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): '
                       'choose another --config.eval_split.') from e
     raise UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
