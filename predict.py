@@ -7,6 +7,7 @@ The checkpoint is a workdir (its newest checkpoint), a checkpoints/<step> folder
 .npz file or timm weights; the architecture and resolution are read from the weights. Every
 path may be a gs:// URL.
 """
+import json
 import os
 import re
 
@@ -17,6 +18,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's notices and w
 
 from absl import app, flags, logging
 import jax
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -28,10 +30,30 @@ _LABELS = flags.DEFINE_string('labels', None, 'Text file with one class name per
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.', lower_bound=1)
 
 
-def classify(params, image_files: list[str]) -> np.ndarray:
-  """Class probabilities (len(image_files), classes) at the weights' training resolution."""
+def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
+  """The config.json of the train.py run that `checkpoint` (a workdir or a step folder) is from."""
+  folder = paths.resolve(checkpoint)
+  for candidate in (folder, folder.parent.parent):  # <workdir>, <workdir>/checkpoints/<step>
+    if folder.is_dir() and (candidate / 'config.json').exists():
+      return ml_collections.ConfigDict(json.loads((candidate / 'config.json').read_text()))
+  return None
+
+
+def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
+  """Class probabilities (len(image_files), classes) at the weights' training resolution.
+
+  Images from a train.py run are prepared as its evaluation prepared them (resize and central
+  crop, or the small-image resize; an input permutation), with its GELU; other weights get the
+  whole image resized, as the official fine-tuning evaluates, and timm's exact GELU for timm's.
+  """
   kwargs = checkpoints.model_kwargs(params)
   resolution = kwargs.pop('resolution')
+  config = run_config(checkpoint)
+  if config is not None:
+    config.image_size = resolution
+    kwargs['approximate_gelu'] = config.model.get('approximate_gelu', True)
+  elif paths.resolve(checkpoint).suffix in checkpoints.TIMM_SUFFIXES:
+    kwargs['approximate_gelu'] = False
   model = models.MlpMixer(**kwargs)
   images = []
   for path in image_files:
@@ -42,7 +64,9 @@ def classify(params, image_files: list[str]) -> np.ndarray:
       reason = re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', e.message.splitlines()[0])
       raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF or BMP '
                       'files.') from e
-    images.append(input_pipeline.to_model_input(image, resolution).numpy())
+    prepared = (input_pipeline.eval_image(config, image) if config is not None
+                else input_pipeline.to_model_input(image, resolution))
+    images.append(prepared.numpy())
   logits = jax.jit(model.apply)({'params': params}, np.stack(images))
   return np.asarray(jax.nn.softmax(logits))
 
@@ -75,7 +99,7 @@ def main(argv):
     raise UserError(f'--checkpoint={_CHECKPOINT.value} has no classification head (features '
                     'only): give weights trained on your classes.')
   labels = read_labels(_LABELS.value, num_classes) if _LABELS.value else None
-  for path, p in zip(image_files, classify(params, image_files)):
+  for path, p in zip(image_files, classify(params, image_files, _CHECKPOINT.value)):
     print(path)
     for k in np.argsort(-p)[:_TOP_K.value]:
       print(f'  {p[k]:7.2%}  {labels[k] if labels else f"class {k}"}')

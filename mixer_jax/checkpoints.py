@@ -218,6 +218,9 @@ def to_timm(params) -> dict[str, np.ndarray]:
           for theirs, (ours, how) in _timm_names(num_blocks).items() if ours in flat}
 
 
+TIMM_SUFFIXES = ('.pth', '.bin', '.safetensors')
+
+
 def load_timm(path) -> dict[str, Any]:
   """A timm checkpoint file (.safetensors, .pth or .bin); needs torch except for safetensors."""
   path = paths.resolve(path)
@@ -255,7 +258,7 @@ def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[st
       raise UserError(f'{setting}={path} does not exist: {WEIGHT_KINDS}.')
     if resolved.suffix == '.npz':
       params = load_npz(resolved)
-    elif resolved.suffix in ('.pth', '.bin', '.safetensors'):
+    elif resolved.suffix in TIMM_SUFFIXES:
       params = load_timm(resolved)
     elif resolved.is_dir():
       params = _load_orbax_params(resolved, f'{setting}={path}')

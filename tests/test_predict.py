@@ -3,11 +3,13 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixer_jax import input_pipeline, trainer
+from mixer_jax import checkpoints, input_pipeline, trainer
+from test_input_pipeline import folder_config, make_image_folder
 from test_train import ROOT, error_line, small_config
 
 
@@ -28,6 +30,28 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   assert np.mean(np.array(top) == test.labels[:6]) >= 5 / 6
   probabilities = [float(p) for p in re.findall(r'([0-9.]+)%', blocks[0])]
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+
+
+def test_predict_prepares_images_as_the_run_evaluated_them(tmp_path):
+  config = folder_config(make_image_folder(tmp_path / 'data'))
+  config.update(dict(total_steps=60, warmup_steps=5, eval_every=100))
+  del config.augment  # the ImageNet-style evaluation: shorter side resized, centre cropped
+  config.randaug_layers, config.randaug_magnitude = 0, 0.0  # and training, without RandAugment
+  config.model.approximate_gelu = False
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  image = np.random.default_rng(0).integers(0, 256, (8, 24, 3), np.uint8)  # wide: crop != squash
+  tf.io.write_file(str(tmp_path / 'wide.png'), tf.io.encode_png(image))
+  code, out = _predict(tmp_path, '--top_k=3', str(tmp_path / 'wide.png'))
+  assert code == 0, out
+  printed = {int(k): float(p) / 100 for p, k in re.findall(r'([0-9.]+)%\s+class (\d+)', out)}
+
+  model = trainer.build_model(config, 3)
+  params = checkpoints.load_params(str(tmp_path / 'run'))
+  probabilities = lambda x: np.asarray(jax.nn.softmax(model.apply({'params': params}, x[None])))[0]
+  expected = probabilities(input_pipeline.eval_image(config, tf.constant(image)).numpy())
+  squashed = probabilities(input_pipeline.to_model_input(tf.constant(image), 16).numpy())
+  assert np.abs(expected - squashed).max() > 0.01  # the two preparations are told apart
+  assert printed == pytest.approx(dict(enumerate(expected)), abs=6e-5)  # 2 decimals of a %
 
 
 @pytest.fixture(scope='module')
