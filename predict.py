@@ -62,7 +62,7 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
     except tf.errors.InvalidArgumentError as e:
       # TensorFlow wraps the reason in the op's name: '{{function_node ...}} Unknown image ...'.
       reason = re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', e.message.splitlines()[0])
-      raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF or BMP '
+      raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF, BMP or WebP '
                       'files.') from e
     prepared = (input_pipeline.eval_image(config, image) if config is not None
                 else input_pipeline.to_model_input(image, resolution))
@@ -91,7 +91,7 @@ def main(argv):
     raise UserError('Give one or more image files after the flags.')
   for path in image_files:  # before the weights, which can take minutes to load
     if not paths.resolve(path).is_file():
-      raise UserError(f'{path} is not a file: give JPEG, PNG, GIF or BMP files.')
+      raise UserError(f'{path} is not a file: give JPEG, PNG, GIF, BMP or WebP files.')
   logging.set_verbosity(logging.WARNING)  # the output is the classes, not orbax's progress
   params = checkpoints.load_params(_CHECKPOINT.value, '--checkpoint')
   num_classes = checkpoints.model_kwargs(params)['num_classes']

@@ -22,7 +22,7 @@ from mixer_jax.errors import UserError
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
 
 IN_MEMORY = ('digits', 'folder')  # any other name is a tensorflow-datasets name
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')  # what decode_image reads
 # The paper's splits (following ViT): a slice of train validates, the test split reports.
 TFDS_SPLITS = {
     'cifar10': {'train': 'train[:98%]', 'validation': 'train[98%:]', 'test': 'test'},
@@ -60,7 +60,7 @@ def load_digits(split: str) -> Split:
 
 
 def decode_image(encoded):
-  """uint8 (H, W, 3) from JPEG, PNG, GIF or BMP bytes (grey images get 3 channels)."""
+  """uint8 (H, W, 3) from JPEG, PNG, GIF, BMP or WebP bytes (grey images get 3 channels)."""
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
@@ -75,8 +75,15 @@ def _is_decodable(path: str) -> bool:
 def _files_under(folder: str) -> list[str]:
   """Every file below `folder`, in sub-folders too, as torchvision's ImageFolder reads them."""
   if not paths.is_url(folder):
-    return [os.path.join(parent, name)
-            for parent, _, names in os.walk(folder, followlinks=True) for name in names]
+    found, seen, top = [], set(), os.path.realpath(folder)
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+      found += [os.path.join(parent, name) for name in names]
+      seen.add(os.path.realpath(parent))
+      # A link back up (to the class folder or above it) would list images again, or another
+      # class's images as this class's.
+      dirs[:] = [d for d in dirs if (real := os.path.realpath(os.path.join(parent, d))) not in seen
+                 and os.path.commonpath([real, top]) != real]
+    return found
   # In cloud storage sub-folders are listed with a trailing '/': no request per file to ask.
   found = []
   for name in tf.io.gfile.listdir(folder):
@@ -93,24 +100,24 @@ def _progress(items, what: str, unit: str, shown: bool):
 
 @functools.lru_cache(maxsize=8)
 def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
-  """Images under `<root>/<split>/<class>/` (*.jpg, *.jpeg, *.png, in sub-folders too); classes
-  are the sorted train folders. `root` may be a gs:// URL.
+  """Images under `<root>/<split>/<class>/` (IMAGE_EXTENSIONS, in sub-folders too); classes are
+  the sorted train folders, hidden ones left out. `root` may be a gs:// URL.
 
   With `verify`, every file is decoded once and those that fail are skipped, with their count
   and names in the log; without it (millions of files) files are only listed. Each split is
   read once a process: the class count, the training stream and every evaluation reuse it.
   """
   root = str(paths.resolve(root))
-  layout = ('Expected <data_dir>/train/<class>/*.jpg|png and <data_dir>/test/<class>/*.jpg|png; '
+  layout = ('Expected <data_dir>/train/<class>/*.jpg|png|... and <data_dir>/test/<class>/...; '
             'set --config.data_dir to that folder.')
   for folder in (root, os.path.join(root, split), os.path.join(root, 'train')):
     if not tf.io.gfile.isdir(folder):
       raise UserError(f'Image folder {folder} does not exist. {layout}')
     if not paths.is_url(folder) and not os.access(folder, os.R_OK | os.X_OK):
       raise UserError(f'Image folder {folder} is not readable by this user: fix its permissions.')
-  class_folders = lambda split_dir: sorted(
-      name.rstrip('/') for name in tf.io.gfile.listdir(split_dir)
-      if name.endswith('/') or tf.io.gfile.isdir(os.path.join(split_dir, name)))
+  class_folders = lambda split_dir: sorted(  # hidden ones (.ipynb_checkpoints) are not classes
+      name.rstrip('/') for name in tf.io.gfile.listdir(split_dir) if not name.startswith('.')
+      and (name.endswith('/') or tf.io.gfile.isdir(os.path.join(split_dir, name))))
   classes = class_folders(os.path.join(root, 'train'))
   if not classes:
     raise UserError(f'{os.path.join(root, "train")} has no class folders. {layout}')
@@ -145,6 +152,8 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
                       ', '.join(found[:5]), ' ...' if len(found) > 5 else '')
   if not image_paths:
     raise UserError(f'{os.path.join(root, split)} holds no readable images. {layout}')
+  logging.info('%s: %d images of %d classes.', os.path.join(root, split), len(image_paths),
+               len(set(labels)))
   return Split(np.array(image_paths), np.array(labels, np.int32), num_classes=len(classes))
 
 

@@ -3,6 +3,7 @@ import itertools
 
 import ml_collections
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow as tf
 
@@ -137,8 +138,13 @@ def test_image_folder_reads_sub_folders_and_logs_the_files_it_skips(tmp_path, ca
   (root / 'train' / 'fox' / 'more').mkdir()  # ignored without a word before
   (root / 'train' / 'fox' / '0.jpg').rename(root / 'train' / 'fox' / 'more' / '0.jpg')
   (root / 'train' / 'fox' / 'notes.txt').write_text('not an image')
+  (root / 'train' / 'fox' / 'up').symlink_to('..')  # a loop: the other classes' images again
+  (root / 'train' / '.ipynb_checkpoints').mkdir()  # hidden: not a class
+  # Any format decode_image reads counts (PIL comes with matplotlib).
+  PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / 'train' / 'cat' / 'extra.gif')
   split = input_pipeline.load_image_folder(str(root), 'train')
-  assert len(split.labels) == 12 and any('fox/more/0.jpg' in p for p in split.images)
+  assert len(split.labels) == 13 and any('fox/more/0.jpg' in p for p in split.images)
+  assert split.num_classes == 3 and np.bincount(split.labels).tolist() == [5, 4, 4]
   assert 'Skipped 2 corrupt or unreadable image(s)' in caplog.text and 'broken.jpg' in caplog.text
   assert 'Skipped 1 file(s) without an image extension' in caplog.text and 'notes.txt' in (
       caplog.text)
@@ -164,7 +170,8 @@ def empty_class_folder(root):
     (class_unknown_to_train,
      r"Class folder 'lion' .* missing from the training split \(cat, dog, fox\)"),
     (empty_class_folder,
-     r'test/dog holds no images \(.jpg, .jpeg, .png\): add images or remove the folder'),
+     r'test/dog holds no images \(.jpg, .jpeg, .png, .gif, .bmp, .webp\): add images or remove '
+     r'the folder'),
 ])
 def test_image_folder_problems_are_clear_errors(tmp_path, damage, message):
   root = damage(make_image_folder(tmp_path))
