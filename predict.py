@@ -74,7 +74,8 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
 def read_labels(path: str, num_classes: int) -> list[str]:
   """One class name per line, as many as the weights have classes."""
   try:
-    labels = [line.strip() for line in paths.resolve(path).read_text().splitlines() if line.strip()]
+    text = paths.resolve(path).read_bytes().decode('utf-8-sig')  # a byte-order mark is no name
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
   except (*paths.storage_errors(), UnicodeDecodeError) as e:
     raise UserError(f'--labels={path} cannot be read ({e}): give a text file with one class '
                     'name per line.') from e

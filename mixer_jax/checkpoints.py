@@ -231,13 +231,17 @@ def load_timm(path) -> dict[str, Any]:
     else:
       import torch  # optional: only this conversion needs it
       state_dict = torch.load(io.BytesIO(path.read_bytes()), map_location='cpu', weights_only=True)
-      state_dict = state_dict.get('state_dict', state_dict)
+      # Training scripts wrap it: {'state_dict': ...} (timm's own), {'model': ...} (many others).
+      state_dict = state_dict.get('state_dict', state_dict.get('model', state_dict))
   except ImportError as e:
     raise UserError(f'Reading {path} needs {e.name}: pip install {e.name}.') from e
   except Exception as e:  # the parsers' many errors for a file that is not what it says
     detail = _first_line(e) if str(e) else 'the file ends early: empty or truncated'
     raise UserError(f'Cannot read {path} as timm weights ({type(e).__name__}: {detail}).') from e
-  return from_timm(state_dict)
+  try:
+    return from_timm(state_dict)
+  except UserError as e:
+    raise UserError(f'{path}: {e}') from e
 
 
 # --- Starting from someone's weights ---
@@ -379,6 +383,9 @@ def adapt(loaded, init_params, factor: int = 1):
   loaded = expand_token_mixing(dict(loaded), factor)
   if 'head' in init_params and ('head' not in loaded or tree_mismatches(init_params['head'],
                                                                         loaded['head'])):
+    logging.info('The weights\' head (%s classes) is replaced by a new zero head of %d classes.',
+                 loaded['head']['bias'].shape[-1] if 'head' in loaded else 'no',
+                 init_params['head']['bias'].shape[-1])
     loaded['head'] = init_params['head']
   mismatches = tree_mismatches(init_params, loaded)
   if mismatches:

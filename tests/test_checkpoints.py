@@ -125,6 +125,14 @@ def test_timm_conversion_round_trip(params):
   params_equal(checkpoints.from_timm(state_dict), params)
 
 
+@pytest.mark.parametrize('wrapper', [None, 'state_dict', 'model'])
+def test_timm_pth_files_load_bare_or_as_training_scripts_wrap_them(params, tmp_path, wrapper):
+  torch = pytest.importorskip('torch')
+  state_dict = {k: torch.from_numpy(np.array(v)) for k, v in checkpoints.to_timm(params).items()}
+  torch.save({wrapper: state_dict} if wrapper else state_dict, tmp_path / 'mixer.pth')
+  params_equal(checkpoints.load_params(str(tmp_path / 'mixer.pth')), params)
+
+
 def test_timm_model_and_ours_give_the_same_logits():
   torch = pytest.importorskip('torch')
   mlp_mixer = pytest.importorskip('timm.models.mlp_mixer')
@@ -176,12 +184,16 @@ def test_resolution_that_is_not_a_multiple_is_a_clear_error(params):
     checkpoints.resolution_factor(params, 24)
 
 
-def test_adapt_replaces_the_head_only_when_the_class_count_differs(params):
+def test_adapt_replaces_the_head_only_when_the_class_count_differs(params, caplog):
+  caplog.set_level('INFO', logger='absl')
   same = checkpoints.adapt(params, params)
   np.testing.assert_array_equal(same['head']['kernel'], params['head']['kernel'])
+  assert 'head' not in caplog.text
   other = small_model().clone(num_classes=3).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   adapted = checkpoints.adapt(params, jax.device_get(other['params']))
   assert adapted['head']['kernel'].shape == (32, 3) and not adapted['head']['kernel'].any()
+  classes = params['head']['bias'].shape[-1]
+  assert f"head ({classes} classes) is replaced by a new zero head of 3 classes" in caplog.text
   np.testing.assert_array_equal(adapted['stem']['kernel'], params['stem']['kernel'])
 
 
