@@ -137,7 +137,7 @@ def plot(rows: list[dict], title: str):
 
 def main(argv: Sequence[str]) -> None:
   values, _ = study.parse_flags(argv, __doc__, define_flags)
-  resolutions = sorted(study.int_list(values.resolutions, 'resolutions'))
+  resolutions = sorted(set(study.int_list(values.resolutions, 'resolutions')))
   batch_sizes = study.int_list(values.batch_sizes, 'batch_sizes')
   if values.dtype not in ('float32', 'bfloat16'):
     raise UserError(f'Unknown --dtype={values.dtype}: use float32 or bfloat16.')

@@ -43,6 +43,13 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
     raise UserError(f'{message} (--help lists the options).') from e
   if positional and not takes_arguments:
     raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the options).')
+  for name in ('out', 'workdir'):  # where the outputs go: now, rather than after the work
+    if name in values:
+      try:
+        os.makedirs(values[name].value, exist_ok=True)
+      except OSError as e:
+        raise UserError(f'--{name}={values[name].value} cannot be made a folder ({e.strerror}): '
+                        'give a folder this user can write.') from e
   return values, positional
 
 

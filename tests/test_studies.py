@@ -134,6 +134,8 @@ def test_a_rerun_with_other_settings_does_not_extend_the_runs_it_finds(permutati
     ('--models=mixer,vgg', 'Unknown model vgg: choose from mixer, resnet'),
     ('--shuffle=sometimes', 'Unknown shuffle sometimes: choose from train_and_test, test_only'),
     ('--colour=red', "Unknown command line flag 'colour'"),
+    ('--workdir=/dev/null/runs', r'--workdir=/dev/null/runs cannot be made a folder \(Not a '
+                                 r'directory\): give a folder'),  # before, after the training
     ('--config.model.depth=3', '--config.model.depth: no such field in the recipe'),
     ('--config=configs/no_such_recipe.py', 'Cannot load the recipe: .* No such file'),
 ])
