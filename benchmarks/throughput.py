@@ -109,6 +109,10 @@ def check_flags() -> list[str]:
   if unknown or not _IMPL.value:
     raise errors.UserError(f'--impl={",".join(_IMPL.value)}: unknown {", ".join(unknown) or "(none)"};'
                      f' choose from {", ".join(_IMPLS)}.')
+  for name, flag in (('impl', _IMPL), ('variant', _VARIANT), ('batch_size', _BATCH)):
+    twice = sorted({v for v in flag.value if flag.value.count(v) > 1})
+    if twice:  # each would be timed twice and printed twice
+      raise errors.UserError(f'--{name}={",".join(flag.value)}: {", ".join(twice)} given twice.')
   variants = list(models.VARIANTS) if _VARIANT.value == ['all'] else _VARIANT.value
   bad = [v for v in variants if v not in models.VARIANTS]
   if bad or not variants:

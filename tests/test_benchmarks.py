@@ -169,6 +169,7 @@ def test_throughput_flags_are_checked_before_anything_runs():
   for flag, message in (('--impl=ours,fast', 'unknown fast; choose from ours, reference'),
                         ('--variant=B/8', 'unknown B/8; choose from S/32'),
                         ('--batch_size=0', 'give positive integers or auto'),
+                        ('--variant=S/32,B/16,S/32', '--variant=S/32,B/16,S/32: S/32 given twice'),
                         ('--memory_limit_gb=-1', '--memory_limit_gb=-1.0: must be 0'),
                         ('--resolution=100', 'not a multiple of the patch sizes 32'),
                         ('--json_out=/nowhere/out.jsonl', '--json_out=/nowhere/out.jsonl cannot '
