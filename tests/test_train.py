@@ -119,6 +119,7 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_a_resumed_run_logs_each_step_once(tmp_path):
   config = small_config(total_steps=40)
+  config.model.update(num_blocks=1, hidden_dim=16)  # compiles fast
   trainer.train_and_evaluate(config, str(tmp_path))
   metrics = tmp_path / 'metrics.jsonl'
   whole = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -355,7 +356,7 @@ def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
   # started from are no longer needed.
   shutil.move(tmp_path / 'at16', tmp_path / 'elsewhere')
   code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
-                           '--config.image_size=32', '--config.total_steps=40',
+                           '--config.image_size=32', '--config.total_steps=32',
                            '--config.warmup_steps=5', '--config.learning_rate=1e-3')
   assert code == 0 and re.search(r'Resumed from .* at step 30\.', out), out
   assert 'Fine-tuning at 2x' not in out
