@@ -33,10 +33,11 @@ _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.'
 def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
   """The config.json of the train.py run that `checkpoint` (a workdir or a step folder) is from."""
   folder = paths.resolve(checkpoint)
-  for candidate in (folder, folder.parent.parent):  # <workdir>, <workdir>/checkpoints/<step>
-    if folder.is_dir() and (candidate / 'config.json').exists():
-      return ml_collections.ConfigDict(json.loads((candidate / 'config.json').read_text()))
-  return None
+  if not folder.is_dir():
+    return None
+  in_checkpoints = folder.name.isdigit() and folder.parent.name == 'checkpoints'
+  saved = (folder.parent.parent if in_checkpoints else folder) / 'config.json'
+  return ml_collections.ConfigDict(json.loads(saved.read_text())) if saved.exists() else None
 
 
 def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
@@ -62,8 +63,8 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
     except tf.errors.InvalidArgumentError as e:
       # TensorFlow wraps the reason in the op's name: '{{function_node ...}} Unknown image ...'.
       reason = re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', e.message.splitlines()[0])
-      raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF, BMP or WebP '
-                      'files.') from e
+      raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF, BMP or '
+                      'WebP files.') from e
     prepared = (input_pipeline.eval_image(config, image) if config is not None
                 else input_pipeline.to_model_input(image, resolution))
     images.append(prepared.numpy())

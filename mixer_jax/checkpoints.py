@@ -54,6 +54,17 @@ def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
 
 
 @contextlib.contextmanager
+def _filtered_log(keep):
+  """absl log records for which `keep` is false are dropped while the context lasts."""
+  logger = logging.get_absl_logger()
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
+@contextlib.contextmanager
 def reader(folder: epath.Path):
   """A read-only CheckpointManager of `folder` (which may not exist), without orbax's notes."""
   # orbax warns that a read-only manager is read-only: what was asked for, not news.
@@ -276,17 +287,6 @@ def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[st
     raise UserError(f'{setting}={path} holds no Mixer parameters (it has '
                     f'{", ".join(sorted(params)[:8]) or "nothing"}): {WEIGHT_KINDS}.')
   return params
-
-
-@contextlib.contextmanager
-def _filtered_log(keep):
-  """absl log records for which `keep` is false are dropped while the context lasts."""
-  logger = logging.get_absl_logger()
-  logger.addFilter(keep)
-  try:
-    yield
-  finally:
-    logger.removeFilter(keep)
 
 
 def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:

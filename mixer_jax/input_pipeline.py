@@ -122,7 +122,7 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   if not classes:
     raise UserError(f'{os.path.join(root, "train")} has no class folders. {layout}')
   label_of = {name: label for label, name in enumerate(classes)}  # 21k classes: no list.index
-  found, ignored = [], []  # found: (path, label)
+  listed, ignored = [], []  # listed: (path, label)
   names = class_folders(os.path.join(root, split))
   for name in _progress(names, f'Listing the {split} folders', 'class', len(names) >= 1000):
     if name not in label_of:
@@ -135,10 +135,10 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
     if not files:
       raise UserError(f'Class folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)}): '
                       'add images or remove the folder.')
-    found += [(path, label_of[name]) for path in files]
+    listed += [(path, label_of[name]) for path in files]
   image_paths, labels, corrupt = [], [], []
-  for path, label in _progress(found, f'Decoding each image of {split} once', 'image',
-                               verify and len(found) >= 5000):
+  for path, label in _progress(listed, f'Decoding each image of {split} once', 'image',
+                               verify and len(listed) >= 5000):
     if not verify or _is_decodable(path):
       image_paths.append(path)
       labels.append(label)
