@@ -7,12 +7,13 @@ import sys
 import jax
 import numpy as np
 
-from test_train import ROOT, restore_params, run_train_py
+from test_train import ROOT, SMALL_MODEL_FLAGS, restore_params, run_train_py
 
 # SGD, as in test_eight_devices_train_like_one: Adam would amplify rounding noise in the
 # token-mixing output biases, whose gradient is exactly zero.
 FLAGS = ['--config.total_steps=20', '--config.warmup_steps=5', '--config.checkpoint_every=10',
-         '--config.eval_every=10', '--config.optimizer=sgd', '--config.learning_rate=0.1']
+         '--config.eval_every=10', '--config.optimizer=sgd', '--config.learning_rate=0.1',
+         *SMALL_MODEL_FLAGS]
 
 
 def free_port() -> int:

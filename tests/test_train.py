@@ -22,10 +22,16 @@ from test_input_pipeline import class_unknown_to_train, folder_config, make_imag
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+# Half the digits recipe's depth and width: about 3x faster steps, still 93% after 150 steps.
+SMALL_MODEL = dict(num_blocks=2, hidden_dim=64, tokens_mlp_dim=32, channels_mlp_dim=128)
+SMALL_MODEL_FLAGS = [f'--config.model.{k}={v}' for k, v in SMALL_MODEL.items()]
+
+
 def small_config(**overrides):
   config = digits.get_config()
   config.update(dict(total_steps=40, warmup_steps=10, log_every=10, eval_every=20,
                      checkpoint_every=20), **overrides)
+  config.model.update(SMALL_MODEL)
   return config
 
 
@@ -73,7 +79,7 @@ def test_eight_devices_train_like_one(tmp_path):
   overrides = dict(total_steps=20, warmup_steps=5, checkpoint_every=20, eval_every=100,
                    optimizer='sgd', learning_rate=0.1)
   code, out = run_train_py(tmp_path / 'eight', *[f'--config.{k}={v}' for k, v in overrides.items()],
-                           devices=8)
+                           *SMALL_MODEL_FLAGS, devices=8)
   assert code == 0, out
   trainer.train_and_evaluate(small_config(**overrides), str(tmp_path / 'one'))
   eight, one = restore_params(tmp_path / 'eight', 20), restore_params(tmp_path / 'one', 20)
@@ -97,7 +103,7 @@ def wait_for(path, proc, timeout=240):
 
 def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
   overrides = dict(total_steps=120, warmup_steps=10, checkpoint_every=20, eval_every=1000)
-  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
+  flags = [f'--config.{k}={v}' for k, v in overrides.items()] + SMALL_MODEL_FLAGS
   proc = run_train_py(tmp_path / 'killed', *flags, wait=False)
   try:
     wait_for(tmp_path / 'killed' / 'checkpoints' / '60', proc)
@@ -138,7 +144,7 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   proc = run_train_py(tmp_path, '--config.total_steps=5000', '--config.checkpoint_every=4000',
-                      '--config.log_every=5', wait=False)
+                      '--config.log_every=5', *SMALL_MODEL_FLAGS, wait=False)
   try:
     wait_for(tmp_path / 'metrics.jsonl', proc)
     proc.send_signal(signal.SIGTERM)
@@ -149,7 +155,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   stopped_at = int(re.search(r'Stopped at step (\d+) on SIGTERM', out).group(1))
   assert 5 <= stopped_at < 4000
   assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] == [str(stopped_at)]
-  assert restore_params(tmp_path, stopped_at)['head']['kernel'].shape == (128, 10)
+  assert restore_params(tmp_path, stopped_at)['head']['kernel'].shape == (64, 10)
   assert not (tmp_path / 'results.json').exists()
 
 
@@ -210,7 +216,7 @@ def test_a_run_that_stops_before_writing_anything_leaves_no_workdir_behind(tmp_p
   weights = trainer.train_and_evaluate(small_config(total_steps=2, checkpoint_every=2),
                                        str(tmp_path / 'weights'))
   wider = small_config(init_from=str(tmp_path / 'weights'))
-  wider.model.hidden_dim = 64  # the weights' are 128: they do not fit, found after checkpoints/
+  wider.model.hidden_dim = 96  # the weights' are 64: they do not fit, found after checkpoints/
   with pytest.raises(UserError, match='do not fit'):
     trainer.train_and_evaluate(wider, str(tmp_path / 'new' / 'run'))
   assert not (tmp_path / 'new' / 'run').exists()
@@ -251,7 +257,8 @@ def test_ctrl_c_while_train_py_starts_ends_it_quietly(tmp_path):
 
 def test_a_second_run_on_a_busy_workdir_refuses_and_ctrl_c_stops_the_first_with_a_checkpoint(
     tmp_path):
-  flags = ['--config.total_steps=5000', '--config.checkpoint_every=4000', '--config.log_every=5']
+  flags = ['--config.total_steps=5000', '--config.checkpoint_every=4000', '--config.log_every=5',
+           *SMALL_MODEL_FLAGS]
   first = run_train_py(tmp_path, *flags, wait=False)
   try:
     wait_for(tmp_path / 'metrics.jsonl', first)
@@ -346,8 +353,9 @@ def test_image_folder_trains_and_evaluates_through_train_py(tmp_path):
 def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
   at16 = trainer.train_and_evaluate(small_config(total_steps=100), str(tmp_path / 'at16'))
   code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
-                           '--config.image_size=32', '--config.total_steps=30',
-                           '--config.warmup_steps=5', '--config.learning_rate=1e-3')
+                           *SMALL_MODEL_FLAGS,
+                           '--config.image_size=32', '--config.total_steps=50',
+                           '--config.warmup_steps=5', '--config.learning_rate=2e-3')
   assert code == 0, out
   assert 'Fine-tuning at 2x the resolution' in out and 'expanded to 4 block-diagonal' in out
   accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
@@ -356,9 +364,10 @@ def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
   # started from are no longer needed.
   shutil.move(tmp_path / 'at16', tmp_path / 'elsewhere')
   code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
-                           '--config.image_size=32', '--config.total_steps=32',
-                           '--config.warmup_steps=5', '--config.learning_rate=1e-3')
-  assert code == 0 and re.search(r'Resumed from .* at step 30\.', out), out
+                           *SMALL_MODEL_FLAGS,
+                           '--config.image_size=32', '--config.total_steps=52',
+                           '--config.warmup_steps=5', '--config.learning_rate=2e-3')
+  assert code == 0 and re.search(r'Resumed from .* at step 50\.', out), out
   assert 'Fine-tuning at 2x' not in out
 
 
