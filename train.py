@@ -105,12 +105,7 @@ def main(argv):
   initialize_distributed()
   host.keep_freed_memory_on_cpu()  # before the backend starts: ~1.25x faster CPU steps
   results = trainer.train_and_evaluate(flags.FLAGS.config, workdir)
-  if jax.process_index() != 0:
-    return
-  if results.get('stopped_by'):
-    print(f"Stopped at step {results['step']} on {results['stopped_by']}; the checkpoint is "
-          f'saved in {workdir}. Run the same command to resume.')
-  else:
+  if jax.process_index() == 0:
     split = flags.FLAGS.config.eval_split
     print(f"Final {split} accuracy: {results[f'{split}_accuracy']:.4f} "
           f"(step {results['step']}; written to {workdir / 'results.json'})")

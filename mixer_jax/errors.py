@@ -1,7 +1,8 @@
 """Errors in what the user asked for, as opposed to bugs, and how the entry points report them.
 
 train.py, predict.py and the benchmarks print their message, which names the problem, the value
-and the fix, as one `error:` line without a traceback, and exit with status 1.
+and the fix, as one `error:` line without a traceback, and exit with status 1. A run stopped by a
+signal after saving its checkpoint says so in one line and exits with 128 + the signal.
 """
 import functools
 import os
@@ -13,6 +14,17 @@ from absl import flags
 
 class UserError(ValueError):
   """A config value, data set, checkpoint or launch setting that cannot work as given."""
+
+
+class Stopped(Exception):
+  """A run stopped by a signal after saving a checkpoint: the same command resumes it."""
+
+  def __init__(self, signal_name: str, step: int, workdir):
+    super().__init__(f'Stopped at step {step} on {signal_name}; the checkpoint is saved in '
+                     f'{workdir}. Run the same command to resume.')
+    # 128 + the signal, as the shell reports a process the signal ended: not 0, so that a
+    # Kubernetes Job, a TPU queued resource or a retry loop sees the run unfinished and reruns it.
+    self.exit_status = 128 + signal.Signals[signal_name]
 
 
 def exit_with(message: str, status: int = 1):
@@ -43,7 +55,7 @@ def end_quietly_on_ctrl_c_while_starting():
 
 
 def reported(main):
-  """An absl main whose UserError (and Ctrl-C) ends the program with one line."""
+  """An absl main whose UserError, Stopped or Ctrl-C ends the program with one line."""
   @functools.wraps(main)
   def wrapped(argv):
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -52,6 +64,8 @@ def reported(main):
       return main(argv)
     except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged
       exit_with(f'error: {e}')
+    except Stopped as e:
+      exit_with(str(e), e.exit_status)
     except KeyboardInterrupt:
       exit_with('Interrupted (Ctrl-C).', 130)
   return wrapped

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixer_jax import checkpoints as ckpt
-from mixer_jax import formulations, lock, models, optim, paths, steps, synthetic, validation
+from mixer_jax import errors, formulations, lock, models, optim, paths, steps, synthetic, validation
 from mixer_jax.errors import UserError
 
 
@@ -237,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   `workdir` is a folder or a gs:// URL. The config is checked before anything is loaded or
   written, and one run at a time holds the workdir. `build(config, num_classes)` makes the
   model: a Mixer, or a baseline of the studies. Returns the final evaluation metrics, also
-  written to `workdir/results.json`.
+  written to `workdir/results.json`; raises errors.Stopped when SIGTERM or Ctrl-C stopped it
+  (after saving a checkpoint).
   """
   validation.check_config(config)
   workdir = paths.resolve(workdir)
@@ -352,9 +353,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
 
   if preempted and step < config.total_steps:
     log.close()
-    logging.warning('Stopped on %s at step %d after saving a checkpoint; rerun the same '
-                    'command to resume.', preempted, step)
-    return {'step': step, 'stopped_by': preempted}
+    raise errors.Stopped(preempted, step, workdir)
   results = evaluate(eval_step, state, config, mesh)
   log.write(step, config.eval_split, results)
   log.close()

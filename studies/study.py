@@ -18,7 +18,7 @@ from ml_collections import config_flags
 matplotlib.use('Agg')  # files only, no display
 from matplotlib.figure import Figure  # noqa: E402
 
-from mixer_jax import paths, trainer  # noqa: E402
+from mixer_jax import errors, paths, trainer  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
     message = str(e)
     if 'Traceback' in message:  # a recipe's get_config refused its argument: its last line says why
       message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
-    raise UserError(f'{message} (--help lists the options).') from e
+    raise UserError(' '.join(f'{message} (--help lists the options).'.split())) from e
   if positional and not takes_arguments:
     raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the options).')
   for name in ('out', 'workdir'):  # where the outputs go: now, rather than after the work
@@ -140,8 +140,6 @@ def write_outputs(out_dir: str, name: str, figure: Figure, table: dict[str, Any]
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """main(sys.argv); a UserError ends the process with its message on one line."""
-  try:
-    main(sys.argv)
-  except UserError as e:
-    sys.exit('error: ' + ' '.join(str(e).split()))
+  """main(sys.argv), reported as train.py reports: a UserError, a run stopped by SIGTERM or
+  Ctrl-C (the whole study stops; its same command resumes) end the process with one line."""
+  errors.reported(main)(sys.argv)

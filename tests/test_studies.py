@@ -2,8 +2,10 @@
 import json
 import math
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -352,6 +354,29 @@ def resnet_params(units: int, width: int, classes: int) -> int:
       total += channels * out if channels != out or (stage and not unit) else 0
       channels = out
   return total + 2 * channels + channels * classes + classes
+
+
+def test_ctrl_c_stops_a_study_as_a_whole_with_its_run_checkpointed(tmp_path):
+  long_runs = [f for f in TINY_RECIPE if 'total_steps' not in f] + ['--config.total_steps=100000']
+  proc = subprocess.Popen(
+      [sys.executable, 'studies/from_scratch.py', f'--workdir={tmp_path}', *long_runs,
+       '--mixers=1x8', '--resnets=', '--seeds=0,1'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    while not (tmp_path / 'mixer_1x8_seed0' / 'metrics.jsonl').exists():  # training
+      assert proc.poll() is None and time.time() < deadline, proc.communicate()
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  # Before, the study went on to its next run (or failed on the missing accuracy).
+  assert proc.returncode == 130 and 'Traceback' not in err, err
+  assert err.strip().splitlines()[-1].startswith('Stopped at step ') and (
+      f'on SIGINT; the checkpoint is saved in {tmp_path / "mixer_1x8_seed0"}.' in err)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['mixer_1x8_seed0']
+  assert list((tmp_path / 'mixer_1x8_seed0' / 'checkpoints').iterdir())
 
 
 def test_from_scratch_study_repeats_each_model_over_seeds(tmp_path):
