@@ -1,6 +1,6 @@
 """Classifies image files with a Mixer checkpoint and prints the top classes.
 
-  python predict.py --checkpoint runs/digits image.png [more images ...]
+  python predict.py --checkpoint runs/digits image.png [more images ...]   # the run's class names
   python predict.py --checkpoint Mixer-B_16.npz --labels imagenet_labels.txt cat.jpg
 
 The checkpoint is a workdir (its newest checkpoint), a checkpoints/<step> folder, an official
@@ -17,6 +17,7 @@ errors.end_quietly_on_ctrl_c_while_starting()  # the imports below take seconds
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's notices and warnings
 
 from absl import app, flags, logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -26,18 +27,27 @@ from mixer_jax import checkpoints, input_pipeline, models, paths
 from mixer_jax.errors import UserError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Weights to classify with.', required=True)
-_LABELS = flags.DEFINE_string('labels', None, 'Text file with one class name per line.')
+_LABELS = flags.DEFINE_string(
+    'labels', None, 'Text file with one class name per line (default: the labels.txt of the '
+    'train.py run the checkpoint is from).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.', lower_bound=1)
 
 
-def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
-  """The config.json of the train.py run that `checkpoint` (a workdir or a step folder) is from."""
+def run_file(checkpoint: str, name: str) -> epath.Path | None:
+  """The file `name` of the train.py run that `checkpoint` (a workdir or a step folder) is
+  from, where there is one."""
   folder = paths.resolve(checkpoint)
   if not folder.is_dir():
     return None
   in_checkpoints = folder.name.isdigit() and folder.parent.name == 'checkpoints'
-  saved = (folder.parent.parent if in_checkpoints else folder) / 'config.json'
-  return ml_collections.ConfigDict(json.loads(saved.read_text())) if saved.exists() else None
+  path = (folder.parent.parent if in_checkpoints else folder) / name
+  return path if path.exists() else None
+
+
+def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
+  """The config.json of the train.py run that `checkpoint` is from."""
+  saved = run_file(checkpoint, 'config.json')
+  return ml_collections.ConfigDict(json.loads(saved.read_text())) if saved else None
 
 
 def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
@@ -72,17 +82,18 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
   return np.asarray(jax.nn.softmax(logits))
 
 
-def read_labels(path: str, num_classes: int) -> list[str]:
+def read_labels(path, num_classes: int, what: str | None = None) -> list[str]:
   """One class name per line, as many as the weights have classes."""
+  what = what or f'--labels={path}'
   try:
     text = paths.resolve(path).read_bytes().decode('utf-8-sig')  # a byte-order mark is no name
     labels = [line.strip() for line in text.splitlines() if line.strip()]
   except (*paths.storage_errors(), UnicodeDecodeError) as e:
-    raise UserError(f'--labels={path} cannot be read ({e}): give a text file with one class '
+    raise UserError(f'{what} cannot be read ({e}): give a text file with one class '
                     'name per line.') from e
   if len(labels) != num_classes:
-    raise UserError(f'--labels={path} has {len(labels)} names, the weights {num_classes} '
-                    'classes: give one name per class, in class order.')
+    raise UserError(f'{what} has {len(labels)} names, the weights {num_classes} '
+                    'classes: give --labels, a file with one name per class, in class order.')
   return labels
 
 
@@ -100,7 +111,11 @@ def main(argv):
   if not num_classes:
     raise UserError(f'--checkpoint={_CHECKPOINT.value} has no classification head (features '
                     'only): give weights trained on your classes.')
-  labels = read_labels(_LABELS.value, num_classes) if _LABELS.value else None
+  if _LABELS.value:
+    labels = read_labels(_LABELS.value, num_classes)
+  else:  # a train.py run's class names (its data set's), where it wrote them
+    saved = run_file(_CHECKPOINT.value, 'labels.txt')
+    labels = read_labels(saved, num_classes, str(saved)) if saved else None
   for path, p in zip(image_files, classify(params, image_files, _CHECKPOINT.value)):
     print(path)
     for k in np.argsort(-p)[:_TOP_K.value]:

@@ -35,10 +35,15 @@ TFDS_SPLITS = {
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Images and int32 labels (N,): uint8 pixels (N, H, W, channels) or encoded-file paths (N,)."""
+  """Images and int32 labels (N,): uint8 pixels (N, H, W, channels) or encoded-file paths (N,);
+  the data set's class names, in label order."""
   images: np.ndarray
   labels: np.ndarray
-  num_classes: int
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
 
 
 def load_digits(split: str) -> Split:
@@ -52,10 +57,11 @@ def load_digits(split: str) -> Split:
   train_x, test_x, train_y, test_y = model_selection.train_test_split(
       images, digits.target.astype(np.int32), test_size=0.2, stratify=digits.target,
       random_state=0)
+  names = tuple(str(digit) for digit in range(10))
   if split == 'train':
-    return Split(train_x, train_y, num_classes=10)
+    return Split(train_x, train_y, names)
   if split == 'test':
-    return Split(test_x, test_y, num_classes=10)
+    return Split(test_x, test_y, names)
   raise UserError(f"Unknown split {split!r} of 'digits': use 'train' or 'test'.")
 
 
@@ -154,7 +160,7 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
     raise UserError(f'{os.path.join(root, split)} holds no readable images. {layout}')
   logging.info('%s: %d images of %d classes.', os.path.join(root, split), len(image_paths),
                len(set(labels)))
-  return Split(np.array(image_paths), np.array(labels, np.int32), num_classes=len(classes))
+  return Split(np.array(image_paths), np.array(labels, np.int32), tuple(classes))
 
 
 def check_eval_split(config):
@@ -408,7 +414,13 @@ def eval_batches(config, split: str, mesh):
   return (steps.shard_batch(batch, mesh) for batch in ds.as_numpy_iterator())
 
 
-def num_classes(config) -> int:
+def class_names(config) -> list[str]:
+  """The names of the classes in label order: the digits, the image folder's class folders, or
+  the tensorflow-datasets label names (its label numbers where it has none)."""
   if config.dataset not in IN_MEMORY:
-    return load_tfds(config, 'train')[1].features['label'].num_classes
-  return load_split(config, 'train').num_classes
+    return list(load_tfds(config, 'train')[1].features['label'].names)
+  return list(load_split(config, 'train').class_names)
+
+
+def num_classes(config) -> int:
+  return len(class_names(config))

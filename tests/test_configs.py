@@ -14,6 +14,9 @@ from mixer_jax import checkpoints, config_files, input_pipeline, models, trainer
 from mixer_jax.errors import UserError
 
 TFDS_DATASETS = ['cifar10', 'cifar100', 'oxford_iiit_pet', 'oxford_flowers102', 'imagenet2012']
+# The published class counts (the names come with the prepared data, which mock_data lacks).
+CLASSES = {'cifar10': 10, 'cifar100': 100, 'oxford_iiit_pet': 37, 'oxford_flowers102': 102,
+           'imagenet2012': 1000}
 
 
 def pets_as_dataset(self, split, decoders=None, as_supervised=False, **kwargs):
@@ -53,6 +56,8 @@ def test_recipe_trains_evaluates_and_checkpoints(tmp_path, name):
   assert results['step'] == 3 and 0.0 <= results['test_accuracy'] <= 1.0
   assert (tmp_path / 'run' / 'checkpoints' / '3').is_dir()
   assert (tmp_path / 'run' / 'metrics.jsonl').read_text().count('"split": "test"') == 1
+  names = (tmp_path / 'run' / 'labels.txt').read_text().splitlines()  # what predict.py prints
+  assert len(names) == len(set(names)) == CLASSES[name]
 
 
 def test_recipe_defaults_follow_the_paper():

@@ -32,6 +32,10 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   assert np.mean(np.array(top) == test.labels[:6]) >= 5 / 6
   probabilities = [float(p) for p in re.findall(r'([0-9.]+)%', blocks[0])]
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+  # Without --labels, the run's own class names: the digits.
+  code, out = _predict(tmp_path, '--top_k=1', *paths)
+  assert code == 0, out
+  assert re.findall(r'%\s+(\S+)\n', out) == [f'{k}' for k in top], out
 
 
 def test_predict_prepares_images_as_the_run_evaluated_them(tmp_path):
@@ -45,7 +49,9 @@ def test_predict_prepares_images_as_the_run_evaluated_them(tmp_path):
   tf.io.write_file(str(tmp_path / 'wide.png'), tf.io.encode_png(image))
   code, out = _predict(tmp_path, '--top_k=3', str(tmp_path / 'wide.png'))
   assert code == 0, out
-  printed = {int(k): float(p) / 100 for p, k in re.findall(r'([0-9.]+)%\s+class (\d+)', out)}
+  # The classes by their folders' names, which the run wrote in its labels.txt.
+  names = sorted(p.name for p in (tmp_path / 'data' / 'train').iterdir())
+  printed = {names.index(k): float(p) / 100 for p, k in re.findall(r'([0-9.]+)%\s+(\w+)', out)}
 
   model = trainer.build_model(config, 3)
   params = checkpoints.load_params(str(tmp_path / 'run'))
