@@ -307,8 +307,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     logging.info('Initialised from %s.', config.init_from)
   if jax.process_index() == 0 and trains:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    if data is not synthetic:  # predict.py prints these names
-      (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in data.class_names(config)))
+    if data is not synthetic:  # predict.py prints these names (folder names: any script)
+      (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in data.class_names(config)),
+                                          encoding='utf-8')
 
   train_step = steps.make_train_step(model, learning_rate_fn, mesh, num_classes, config.mixup,
                                      config.grad_accum_steps)

@@ -39,7 +39,7 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
 
 
 def test_predict_prepares_images_as_the_run_evaluated_them(tmp_path):
-  config = folder_config(make_image_folder(tmp_path / 'data'))
+  config = folder_config(make_image_folder(tmp_path / 'data', classes=('cat', 'dog', 'renard_é')))
   config.update(dict(total_steps=60, warmup_steps=5, eval_every=100))
   del config.augment  # the ImageNet-style evaluation: shorter side resized, centre cropped
   config.randaug_layers, config.randaug_magnitude = 0, 0.0  # and training, without RandAugment
