@@ -32,17 +32,23 @@ def exit_with(message: str, status: int = 1):
   sys.exit(status)
 
 
-def _unless_loop_closed(unraisable):
+def _unless_expected(unraisable):
   # When orbax's restore fails (a corrupt checkpoint), tensorstore still completes its other
   # reads and calls back into the closed event loop: a traceback each, burying the message.
+  # A Ctrl-C that JAX's garbage-collection callback dropped is remembered (ctrl_c_pressed).
   error = unraisable.exc_value
-  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+          or isinstance(error, KeyboardInterrupt) and ctrl_c_pressed):
     sys.__unraisablehook__(unraisable)
 
 
-def _interrupted_while_starting(*_):
+def interrupted_now(*_):
+  """Ends the process with one line and status 130, without unwinding or interpreter shutdown:
+  either can crash with a segmentation fault when the Ctrl-C came inside jaxlib's import or
+  XLA's compilation. A signal handler, for Ctrl-C during imports and for a second Ctrl-C."""
+  sys.stdout.flush()
   print('Interrupted (Ctrl-C).', file=sys.stderr, flush=True)
-  os._exit(130)  # not SystemExit: unwinding a half-imported extension can crash the interpreter
+  os._exit(130)
 
 
 def end_quietly_on_ctrl_c_while_starting():
@@ -51,15 +57,28 @@ def end_quietly_on_ctrl_c_while_starting():
   A KeyboardInterrupt raised while jaxlib is being imported killed the interpreter with a
   segmentation fault. `reported` restores the KeyboardInterrupt once main starts.
   """
-  signal.signal(signal.SIGINT, _interrupted_while_starting)
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `train.py &` in a script: ignored
+    signal.signal(signal.SIGINT, interrupted_now)
+
+
+ctrl_c_pressed = False
+
+
+def _ctrl_c(signum, frame):
+  # Remembered too: JAX's garbage-collection callback drops exceptions raised while it runs,
+  # and the run went on as if the key had not been pressed (trainer.Preemption checks this).
+  global ctrl_c_pressed
+  ctrl_c_pressed = True
+  raise KeyboardInterrupt
 
 
 def reported(main):
   """An absl main whose UserError, Stopped or Ctrl-C ends the program with one line."""
   @functools.wraps(main)
   def wrapped(argv):
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.unraisablehook = _unless_loop_closed
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+      signal.signal(signal.SIGINT, _ctrl_c)
+    sys.unraisablehook = _unless_expected
     try:
       return main(argv)
     except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged
@@ -67,7 +86,7 @@ def reported(main):
     except Stopped as e:
       exit_with(str(e), e.exit_status)
     except KeyboardInterrupt:
-      exit_with('Interrupted (Ctrl-C).', 130)
+      interrupted_now()  # the unwinding has run: the workdir's lock is released
   return wrapped
 
 

@@ -83,6 +83,8 @@ class Preemption:
     self.multi_process = jax.process_count() > 1
 
   def __enter__(self):
+    if errors.ctrl_c_pressed:  # during start-up, and its KeyboardInterrupt was dropped
+      raise KeyboardInterrupt
     # Across processes JAX's preemption service catches SIGTERM and picks the step.
     # A signal the shell set to be ignored (SIGINT for `train.py &` in a script) stays ignored.
     if not self.multi_process:
@@ -93,8 +95,8 @@ class Preemption:
   def _request(self, signum, frame):
     del frame
     self.requested = signal.Signals(signum).name
-    if signum == signal.SIGINT:  # a second Ctrl-C
-      signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signum == signal.SIGINT:  # a second one stops at once; the save under way stays a
+      signal.signal(signal.SIGINT, errors.interrupted_now)  # temporary folder, never read
 
   def reached(self, step: int):
     """The name of the signal that stops the run at `step`, or None."""
