@@ -39,8 +39,11 @@ def run_file(checkpoint: str, name: str) -> epath.Path | None:
   folder = paths.resolve(checkpoint)
   if not folder.is_dir():
     return None
-  in_checkpoints = folder.name.isdigit() and folder.parent.name == 'checkpoints'
-  path = (folder.parent.parent if in_checkpoints else folder) / name
+  if folder.name.isdigit() and folder.parent.name == 'checkpoints':  # checkpoints/<step>
+    folder = folder.parent.parent
+  elif folder.name == 'checkpoints':
+    folder = folder.parent
+  path = folder / name
   return path if path.exists() else None
 
 

@@ -32,8 +32,8 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   assert np.mean(np.array(top) == test.labels[:6]) >= 5 / 6
   probabilities = [float(p) for p in re.findall(r'([0-9.]+)%', blocks[0])]
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
-  # Without --labels, the run's own class names: the digits.
-  code, out = _predict(tmp_path, '--top_k=1', *paths)
+  # Without --labels, the run's own class names: the digits (also from its checkpoints folder).
+  code, out = _predict(tmp_path, '--top_k=1', *paths, checkpoint='run/checkpoints')
   assert code == 0, out
   assert re.findall(r'%\s+(\S+)\n', out) == [f'{k}' for k in top], out
 
@@ -91,8 +91,8 @@ def test_a_missing_image_is_named_before_the_weights_are_read(tmp_path):
       f'error: {tmp_path / "cat.jpg"} is not a file: give JPEG, PNG, GIF, BMP or WebP files.')
 
 
-def _predict(tmp_path, *args):
+def _predict(tmp_path, *args, checkpoint='run'):
   proc = subprocess.run(
-      [sys.executable, str(ROOT / 'predict.py'), f'--checkpoint={tmp_path / "run"}', *args],
+      [sys.executable, str(ROOT / 'predict.py'), f'--checkpoint={tmp_path / checkpoint}', *args],
       capture_output=True, text=True, timeout=120, cwd=ROOT)
   return proc.returncode, proc.stdout + proc.stderr
