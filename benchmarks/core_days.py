@@ -1,6 +1,6 @@
 """Device-days a training recipe takes, next to the paper's TPUv3 core-days.
 
-  python benchmarks/core_days.py --config=configs/pretrain_imagenet.py:B/16 \
+  python benchmarks/core_days.py --config=configs/pretrain_imagenet.py:B/16 \\
       --images_per_sec_per_core=1384
   python benchmarks/core_days.py --config=configs/finetune.py:B/16,cifar10 --measure
 

@@ -1,7 +1,7 @@
 """Small Mixers against the ResNet baseline, trained from scratch, over several seeds.
 
   python studies/from_scratch.py                                  # digits: 12 runs, 7 to 12 min
-  python studies/from_scratch.py --config=configs/cifar10_scratch.py:4 --config.data_dir=DIR \
+  python studies/from_scratch.py --config=configs/cifar10_scratch.py:4 --config.data_dir=DIR \\
       --mixers=8x256,8x512 --resnets=2x32,2x64 --workdir=runs/from_scratch_cifar10
 
 Every model is trained with the recipe's settings (optimiser, schedule, steps, augmentation)
@@ -48,7 +48,8 @@ def depth_and_width(spec: str, flag: str) -> tuple[int, int]:
   except ValueError:
     depth = width = 0
   if depth < 1 or width < 1:
-    raise UserError(f'--{flag} takes DEPTHxWIDTH entries such as 4x128, not {spec!r}.')
+    shape = 'BLOCKSxWIDTH' if flag == 'mixers' else 'UNITSxWIDTH'
+    raise UserError(f'--{flag} takes {shape} entries such as 4x128, not {spec!r}.')
   return depth, width
 
 

@@ -2,7 +2,7 @@
 
   python studies/permutation.py                                   # digits, about 5 min on 2 CPU cores
   python studies/permutation.py --shuffle=test_only               # the experiment people mistake it for
-  python studies/permutation.py --config=configs/cifar10_scratch.py:4 --config.data_dir=DIR \
+  python studies/permutation.py --config=configs/cifar10_scratch.py:4 --config.data_dir=DIR \\
       --resnet_stage_sizes=2,2,2,2 --resnet_width=64 --workdir=runs/permutation_cifar10
 
 `--shuffle=train_and_test` (the paper's experiment): a Mixer and a pre-activation ResNet
