@@ -266,9 +266,12 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
   factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
   data = data_source(config)
-  num_classes = data.num_classes(config)
-  if data is not synthetic:  # a missing or inconsistent evaluation split, now rather than later
-    data.check_eval_split(config)
+  if data is synthetic:
+    class_names, num_classes = None, synthetic.num_classes(config)
+  else:  # read once: a tensorflow-datasets name opens the data set, maybe on gs://
+    class_names = data.class_names(config)
+    num_classes = len(class_names)
+    data.check_eval_split(config)  # a missing or inconsistent one, now rather than later
   model = build(config, num_classes)
   if resumed_width:
     factor = ckpt.expansion(resumed_width, model.tokens_mlp_dim)
@@ -309,8 +312,8 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     logging.info('Initialised from %s.', config.init_from)
   if jax.process_index() == 0 and trains:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    if data is not synthetic:  # predict.py prints these names (folder names: any script)
-      (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in data.class_names(config)),
+    if class_names is not None:  # predict.py prints these names (folder names: any script)
+      (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in class_names),
                                           encoding='utf-8')
 
   train_step = steps.make_train_step(model, learning_rate_fn, mesh, num_classes, config.mixup,
