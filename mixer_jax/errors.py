@@ -51,14 +51,19 @@ def interrupted_now(*_):
   os._exit(130)
 
 
+def _on_ctrl_c(handler):
+  """SIGINT's handler, unless the shell set it to be ignored (`train.py &` in a script)."""
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, handler)
+
+
 def end_quietly_on_ctrl_c_while_starting():
   """Ctrl-C during an entry point's seconds of imports ends it with one line, status 130.
 
   A KeyboardInterrupt raised while jaxlib is being imported killed the interpreter with a
   segmentation fault. `reported` restores the KeyboardInterrupt once main starts.
   """
-  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `train.py &` in a script: ignored
-    signal.signal(signal.SIGINT, interrupted_now)
+  _on_ctrl_c(interrupted_now)
 
 
 ctrl_c_pressed = False
@@ -76,8 +81,7 @@ def reported(main):
   """An absl main whose UserError, Stopped or Ctrl-C ends the program with one line."""
   @functools.wraps(main)
   def wrapped(argv):
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-      signal.signal(signal.SIGINT, _ctrl_c)
+    _on_ctrl_c(_ctrl_c)
     sys.unraisablehook = _unless_expected
     try:
       return main(argv)
