@@ -135,6 +135,28 @@ def test_accelerator_check_wants_its_output_folder_first_and_starts_nothing_with
   assert list(tmp_path.iterdir()) == []
 
 
+# What the lent GPU machine lacks and cannot be given in one call (notes section 11, BENCHMARKS.md).
+NOT_ON_THE_DEVICE = ('tensorflow', 'tensorflow_datasets', 'clu')
+
+
+def test_the_accelerator_checks_tests_import_without_tensorflow():
+  """The check's tests run on a machine with JAX alone: none of them may import TensorFlow."""
+  script = open(os.path.join(ROOT, 'benchmarks', 'accelerator_check.sh')).read()
+  files = max((re.findall(r'tests/test_\w+\.py', group)
+               for group in re.findall(r'\btests=\(([^)]*)\)', script)), key=len)
+  assert len(files) >= 5, files
+  blocker = f"""
+import sys
+sys.modules.update(dict.fromkeys({NOT_ON_THE_DEVICE!r}))  # None: `import` fails, find_spec is None
+import pytest
+sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', *sys.argv[1:]]))
+"""
+  run = subprocess.run([sys.executable, '-c', blocker, *files], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stdout[-3000:]
+  assert re.search(r'^\d+ tests collected', run.stdout, re.M), run.stdout[-1000:]
+
+
 def test_throughput_counts_model_flops_by_the_formula(check):
   _, lines, _ = check
   forward = mixer_forward_flops('S/32', 64)

@@ -6,13 +6,13 @@ import pytest
 
 from mixer_jax import checkpoints, trainer
 from mixer_jax.errors import UserError
-import test_train
+import training
 
 
 def small_config(**overrides):
-  """test_train's digits config on synthetic data: checkpoints need no data set or TensorFlow
+  """training.py's small config on synthetic data: checkpoints need no data set or TensorFlow
   (so these tests also run on accelerator machines that have JAX alone)."""
-  return test_train.small_config(dataset='synthetic', num_classes=10, **overrides)
+  return training.small_config(dataset='synthetic', num_classes=10, **overrides)
 
 
 def step_folders(workdir):

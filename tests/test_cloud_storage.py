@@ -16,7 +16,7 @@ import numpy as np
 import fake_gcs
 from mixer_jax import checkpoints, models, trainer
 from test_input_pipeline import folder_config, make_image_folder
-from test_train import ROOT, restore_params
+from training import ROOT, restore_params
 
 BUCKET = 'mixer-test'
 OVERRIDES = {'total_steps': 30, 'warmup_steps': 5, 'checkpoint_every': 10, 'keep_checkpoints': 2,

@@ -10,7 +10,7 @@ import pytest
 
 from mixer_jax import lock
 from mixer_jax.errors import UserError
-from test_train import ROOT
+from training import ROOT
 
 
 def dead_pid() -> int:

@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 
-from test_train import ROOT, SMALL_MODEL_FLAGS, restore_params, run_train_py
+from training import ROOT, SMALL_MODEL_FLAGS, restore_params, run_train_py
 
 # SGD, as in test_eight_devices_train_like_one: Adam would amplify rounding noise in the
 # token-mixing output biases, whose gradient is exactly zero.
