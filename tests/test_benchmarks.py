@@ -135,6 +135,17 @@ def test_accelerator_check_wants_its_output_folder_first_and_starts_nothing_with
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--piece-mib', '64'], '--piece-mib 64: give whole MiB from 1 to 63'),
+    (['--piece-mib', '0'], '--piece-mib 0: give whole MiB from 1 to 63'),
+    (['--python', '3.12'], 'unknown argument --python'),
+])
+def test_carry_wheels_checks_its_arguments_before_downloading(tmp_path, args, message):
+  run = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'carry_wheels.sh'), *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  assert run.returncode == 2 and f'error: {message}' in run.stderr, run.stderr
+
+
 # What the lent GPU machine lacks and cannot be given in one call (notes section 11, BENCHMARKS.md).
 NOT_ON_THE_DEVICE = ('tensorflow', 'tensorflow_datasets', 'clu')
 
