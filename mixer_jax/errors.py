@@ -2,7 +2,9 @@
 
 train.py, predict.py and the benchmarks print their message, which names the problem, the value
 and the fix, as one `error:` line without a traceback, and exit with status 1. A run stopped by a
-signal after saving its checkpoint says so in one line and exits with 128 + the signal.
+signal after saving its checkpoint says so in one line and exits with 128 + the signal; SIGTERM
+or Ctrl-C elsewhere (start-up, the final evaluation, between a study's runs) unwinds, which
+releases the workdir's lock, and ends with one line and the same status.
 """
 import functools
 import os
@@ -14,6 +16,11 @@ from absl import flags
 
 class UserError(ValueError):
   """A config value, data set, checkpoint or launch setting that cannot work as given."""
+
+
+class Terminated(BaseException):
+  """SIGTERM outside the training loop (which saves a checkpoint first): like KeyboardInterrupt,
+  not caught by `except Exception`, so the program unwinds to `reported`."""
 
 
 class Stopped(Exception):
@@ -35,20 +42,25 @@ def exit_with(message: str, status: int = 1):
 def _unless_expected(unraisable):
   # When orbax's restore fails (a corrupt checkpoint), tensorstore still completes its other
   # reads and calls back into the closed event loop: a traceback each, burying the message.
-  # A Ctrl-C that JAX's garbage-collection callback dropped is remembered (ctrl_c_pressed).
+  # A Ctrl-C or SIGTERM that JAX's garbage-collection callback dropped is remembered (pending).
   error = unraisable.exc_value
   if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
-          or isinstance(error, KeyboardInterrupt) and ctrl_c_pressed):
+          or isinstance(error, (KeyboardInterrupt, Terminated)) and pending):
     sys.__unraisablehook__(unraisable)
 
 
-def interrupted_now(*_):
-  """Ends the process with one line and status 130, without unwinding or interpreter shutdown:
-  either can crash with a segmentation fault when the Ctrl-C came inside jaxlib's import or
-  XLA's compilation. A signal handler, for Ctrl-C during imports and for a second Ctrl-C."""
+def _end_now(message: str, status: int):
+  """Ends the process without unwinding or interpreter shutdown: either can crash with a
+  segmentation fault when the signal came inside jaxlib's import or XLA's compilation."""
   sys.stdout.flush()
-  print('Interrupted (Ctrl-C).', file=sys.stderr, flush=True)
-  os._exit(130)
+  print(message, file=sys.stderr, flush=True)
+  os._exit(status)
+
+
+def interrupted_now(*_):
+  """Ctrl-C: one line and status 130, at once. A signal handler, for Ctrl-C during imports and
+  for a second Ctrl-C."""
+  _end_now('Interrupted (Ctrl-C).', 130)
 
 
 def _on_ctrl_c(handler):
@@ -66,22 +78,25 @@ def end_quietly_on_ctrl_c_while_starting():
   _on_ctrl_c(interrupted_now)
 
 
-ctrl_c_pressed = False
+pending = None  # the KeyboardInterrupt or Terminated last raised by a signal
 
 
-def _ctrl_c(signum, frame):
+def _raise_on_signal(signum, frame):
   # Remembered too: JAX's garbage-collection callback drops exceptions raised while it runs,
-  # and the run went on as if the key had not been pressed (trainer.Preemption checks this).
-  global ctrl_c_pressed
-  ctrl_c_pressed = True
-  raise KeyboardInterrupt
+  # and the run went on as if the signal had not come (trainer.Preemption checks this).
+  global pending
+  pending = KeyboardInterrupt if signum == signal.SIGINT else Terminated
+  raise pending
 
 
 def reported(main):
-  """An absl main whose UserError, Stopped or Ctrl-C ends the program with one line."""
+  """An absl main whose UserError, Stopped, Ctrl-C or SIGTERM ends the program with one line."""
   @functools.wraps(main)
   def wrapped(argv):
-    _on_ctrl_c(_ctrl_c)
+    _on_ctrl_c(_raise_on_signal)
+    # Across processes, jax.distributed's preemption service takes SIGTERM over once started.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+      signal.signal(signal.SIGTERM, _raise_on_signal)
     sys.unraisablehook = _unless_expected
     try:
       return main(argv)
@@ -89,8 +104,10 @@ def reported(main):
       exit_with(f'error: {e}')
     except Stopped as e:
       exit_with(str(e), e.exit_status)
-    except KeyboardInterrupt:
-      interrupted_now()  # the unwinding has run: the workdir's lock is released
+    except KeyboardInterrupt:  # the unwinding has run: the workdir's lock is released
+      interrupted_now()
+    except Terminated:
+      _end_now('Terminated (SIGTERM).', 128 + signal.SIGTERM)
   return wrapped
 
 

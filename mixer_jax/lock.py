@@ -103,9 +103,13 @@ class WorkdirLock:
     if holder is not None:
       logging.warning('Taking over the lock of a run that is gone: %s', holder or 'unreadable')
     self._write()
-    # Two runs that started together both wrote: the last write wins, the other backs off.
-    time.sleep(self.settle_s)
-    holder = self._read()
+    try:
+      # Two runs that started together both wrote: the last write wins, the other backs off.
+      time.sleep(self.settle_s)
+      holder = self._read()
+    except BaseException:  # Ctrl-C or SIGTERM while settling: __exit__ will not run
+      self._release()
+      raise
     if holder and holder.get('token') != self.record['token']:
       self._refuse(holder)
     self._thread = threading.Thread(target=self._beat, daemon=True, name='workdir-lock')
@@ -123,8 +127,11 @@ class WorkdirLock:
       except paths.storage_errors() as e:  # a passing storage hiccup; the next beat tries again
         logging.warning('Could not renew %s: %s', self.path, e)
 
+  def _release(self):
+    if (self._read() or {}).get('token') == self.record['token']:
+      self.path.unlink()
+
   def __exit__(self, *exc):
     self._stop.set()
     self._thread.join()
-    if (self._read() or {}).get('token') == self.record['token']:
-      self.path.unlink()
+    self._release()

@@ -83,8 +83,8 @@ class Preemption:
     self.multi_process = jax.process_count() > 1
 
   def __enter__(self):
-    if errors.ctrl_c_pressed:  # during start-up, and its KeyboardInterrupt was dropped
-      raise KeyboardInterrupt
+    if errors.pending:  # a Ctrl-C or SIGTERM during start-up whose exception was dropped
+      raise errors.pending
     # Across processes JAX's preemption service catches SIGTERM and picks the step.
     # A signal the shell set to be ignored (SIGINT for `train.py &` in a script) stays ignored.
     if not self.multi_process:

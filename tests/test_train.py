@@ -215,6 +215,22 @@ def test_ctrl_c_while_train_py_starts_ends_it_quietly(tmp_path):
   assert 'Traceback' not in out and not (tmp_path / 'run').exists()
 
 
+def test_sigterm_during_start_up_releases_the_workdir_and_exits_143(tmp_path):
+  """Preempted before its first step: the lock goes with the run, or a retry on another host
+  is refused for the heartbeat's 120 s."""
+  workdir = tmp_path / 'run'
+  proc = run_train_py(workdir, *SMALL_MODEL_FLAGS, wait=False)
+  try:
+    wait_for(workdir / 'lock.json', proc)  # the workdir is claimed; the model not yet compiled
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, out  # before: killed, -15
+  assert out.strip().splitlines()[-1] == 'Terminated (SIGTERM).' and 'Traceback' not in out, out
+  assert not workdir.exists()  # it held only the lock: nothing had trained
+
+
 def test_a_second_run_on_a_busy_workdir_refuses_and_ctrl_c_stops_the_first_with_a_checkpoint(
     tmp_path):
   flags = ['--config.total_steps=5000', '--config.checkpoint_every=4000', '--config.log_every=5',
