@@ -6,7 +6,8 @@
 Reads each workdir's metrics.jsonl (the trainer writes training loss and accuracy every
 log_every steps, evaluation loss and accuracy every eval_every steps) and writes curves.png (loss
 on a log scale and accuracy, training solid, evaluation dashed, one colour per run) and
-curves.json (per run: last step, last training loss, final and best evaluation accuracy) in --out.
+curves.json (per run: last step and the run's total_steps, last training loss, final and best
+evaluation accuracy) in --out. A run that has not logged yet is left out with a warning.
 """
 import json
 import os
@@ -14,7 +15,7 @@ import sys
 from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from absl import flags  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from mixer_jax.errors import UserError  # noqa: E402
 from studies import study  # noqa: E402
@@ -28,6 +29,8 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
   """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.isfile(path):
+    if os.path.isfile(os.path.join(workdir, 'config.json')):  # started, nothing logged yet
+      return {}
     raise UserError(f'{workdir} has no metrics.jsonl: give the workdirs of train.py runs.')
   by_split = {}
   with open(path) as f:
@@ -39,9 +42,16 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
         by_split.setdefault(record['split'], {})[record['step']] = record
       except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f'{path}, line {number}, is not a metrics record ({e}).') from e
-  if not by_split:
-    raise UserError(f'{path} is empty: the run has not logged anything yet.')
   return {split: [records[s] for s in sorted(records)] for split, records in by_split.items()}
+
+
+def total_steps(workdir: str) -> int | None:
+  """The run's total_steps, from its config.json (None without one)."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      return json.load(f).get('total_steps')
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 def eval_split(metrics: dict[str, list[dict]]) -> str | None:
@@ -78,7 +88,16 @@ def main(argv: Sequence[str]) -> None:
   values, workdirs = study.parse_flags(argv, __doc__, define, takes_arguments=True)
   if not workdirs:
     raise UserError('Give one or more workdirs, e.g. python studies/curves.py runs/digits.')
-  runs = {name: read_metrics(w) for name, w in zip(run_names(workdirs), workdirs)}
+  runs, totals = {}, {}
+  for name, workdir in zip(run_names(workdirs), workdirs):
+    metrics = read_metrics(workdir)
+    if metrics:
+      runs[name], totals[name] = metrics, total_steps(workdir)
+    else:
+      logging.warning('%s has not logged anything yet: left out.', workdir)
+  if not runs:
+    raise UserError(f'None of {", ".join(workdirs)} has logged anything yet: rerun once they '
+                    'have (every log_every steps).')
 
   figure = study.new_figure(9, 3.6)
   loss_ax, accuracy_ax = figure.subplots(1, 2)
@@ -96,9 +115,9 @@ def main(argv: Sequence[str]) -> None:
   for ax in (loss_ax, accuracy_ax):
     ax.grid(alpha=0.3)
 
-  rows = [summary(name, metrics) for name, metrics in runs.items()]
-  text = study.format_table(rows, ['run', 'step', 'train_loss', 'eval_split', 'accuracy',
-                                   'best_accuracy', 'best_step'])
+  rows = [{**summary(name, metrics), 'total_steps': totals[name]} for name, metrics in runs.items()]
+  text = study.format_table(rows, ['run', 'step', 'total_steps', 'train_loss', 'eval_split',
+                                   'accuracy', 'best_accuracy', 'best_step'])
   study.write_outputs(values.out, 'curves', figure, {'runs': rows}, text)
 
 

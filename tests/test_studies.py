@@ -2,6 +2,7 @@
 import json
 import math
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def write_metrics(workdir: pathlib.Path, records):
   (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
 
 
-def test_curves_summarise_and_plot_several_runs(tmp_path):
+def test_curves_summarise_and_plot_several_runs(tmp_path, caplog, capsys):
   write_metrics(tmp_path / 'a', [
       {'step': 10, 'split': 'train', 'loss': 2.0, 'accuracy': 0.3},
       {'step': 20, 'split': 'train', 'loss': 1.0, 'accuracy': 0.6},
@@ -57,12 +58,19 @@ def test_curves_summarise_and_plot_several_runs(tmp_path):
   write_metrics(tmp_path / 'b', [{'step': 5, 'split': 'train', 'loss': 3.0, 'accuracy': 0.1}])
   with (tmp_path / 'b' / 'metrics.jsonl').open('a') as f:
     f.write('{"step": 10, "split": "tr')  # a line the run is still writing
-  curves.main(['curves.py', str(tmp_path / 'a'), str(tmp_path / 'b'), f'--out={tmp_path}'])
+  (tmp_path / 'b' / 'config.json').write_text('{"total_steps": 400}')  # in progress
+  (tmp_path / 'c').mkdir()
+  (tmp_path / 'c' / 'config.json').write_text('{"total_steps": 400}')  # started, not yet logged
+  curves.main(['curves.py', *(str(tmp_path / run) for run in 'abc'), f'--out={tmp_path}'])
+  assert f'{tmp_path / "c"} has not logged anything yet: left out.' in caplog.messages
   rows = read_json(tmp_path / 'curves.json')['runs']
   assert rows == [{'run': 'a', 'step': 20, 'train_loss': 1.0, 'eval_split': 'test',
-                   'accuracy': 0.65, 'best_accuracy': 0.65, 'best_step': 20},
-                  {'run': 'b', 'step': 5, 'train_loss': 3.0}]
+                   'accuracy': 0.65, 'best_accuracy': 0.65, 'best_step': 20, 'total_steps': None},
+                  {'run': 'b', 'step': 5, 'train_loss': 3.0, 'total_steps': 400}]
+  assert re.search(r'^b +5 +400 +3 +- ', capsys.readouterr().out, re.M)  # 5 of 400 steps
   read_png(tmp_path / 'curves.png', (9, 3.6))
+  with pytest.raises(UserError, match=r'None of .*/c has logged anything yet'):
+    curves.main(['curves.py', str(tmp_path / 'c'), f'--out={tmp_path}'])
 
 
 def test_a_folder_without_metrics_stops_the_command_with_one_line(tmp_path):
