@@ -344,6 +344,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
 
         if log_now:
           summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          summary['learning_rate'] = window[-1]['learning_rate']  # the step's, not the mean
           summary['steps_per_sec'] = len(window) / (time.perf_counter() - window_start)
           log.write(step, 'train', summary)
           progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")

@@ -1,5 +1,6 @@
 """End-to-end training on the bundled digits: outputs, exact resume, data parallelism."""
 import json
+import math
 import os
 import pathlib
 import re
@@ -27,6 +28,11 @@ def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path):
   train = [r for r in records if r['split'] == 'train']
   assert [r['step'] for r in train] == [10, 20, 30, 40, 50, 60]
   assert train[-1]['loss'] < train[0]['loss']
+  # The rate the logged step used (of the schedule at step - 1): warmup to 3e-3 over 10 steps,
+  # then a cosine over the other 50.
+  rate = lambda t: 3e-3 * (t / 10 if t < 10 else 0.5 * (1 + math.cos(math.pi * (t - 10) / 50)))
+  np.testing.assert_allclose([r['learning_rate'] for r in train],
+                             [rate(r['step'] - 1) for r in train], rtol=1e-5)
   assert [r['step'] for r in records if r['split'] == 'test'] == [20, 40, 60]
   assert list(tmp_path.glob('events.out.tfevents.*'))
   assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()) == [20, 40, 60]
