@@ -22,6 +22,11 @@ def read_lines(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def rate(images_per_sec: float) -> str:
+  """Images/s to the unit where it is large, to 3 digits where small (L/16 on a CPU: 0.52)."""
+  return f'{images_per_sec:,.0f}' if images_per_sec >= 100 else f'{images_per_sec:.3g}'
+
+
 def best_by(lines, *keys) -> dict:
   """The fastest line for each value of `keys`."""
   best = {}
@@ -46,7 +51,7 @@ def markdown_table(lines, mfu_targets=None) -> list[str]:
     cells = []
     for impl in impls:
       r = best.get((variant, mode, impl))
-      cells.append(f"{r['images_per_sec']:,.0f} ({r['batch_per_device']}), {r['mfu']:.1%}"
+      cells.append(f"{rate(r['images_per_sec'])} ({r['batch_per_device']}), {r['mfu']:.1%}"
                    if r else '-')
     ours, ref = best.get((variant, mode, 'ours')), best.get((variant, mode, 'reference'))
     if ratio_column:
@@ -104,7 +109,7 @@ def input_pipeline_lines(pipeline, throughput) -> list[str]:
     for (variant,), r in sorted(train.items()):
       if variant in ('S/32', 'B/16'):
         need = r['images_per_sec'] / p['images_per_sec']
-        against.append(f"{variant} trains at {r['images_per_sec']:,.0f}: "
+        against.append(f"{variant} trains at {rate(r['images_per_sec'])}: "
                        + ('the host keeps up' if need <= 1 else
                           f'needs {need:.1f}x this host ({need * p["host_cores"]:.0f} cores)'))
     out.append(f"| {label} | {p['images_per_sec']:,.1f} | {'; '.join(against) or '-'} |")

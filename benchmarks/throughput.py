@@ -616,10 +616,10 @@ def main(argv):
         print(f'Best batch, {name} {mode}:')
         for r in best.values():
           report(r)
-      if 'ours' in best:
+      if 'ours' in best and len(best) > 1:
         ratios = ', '.join(f"{best['ours']['images_per_sec'] / r['images_per_sec']:.2f}x {impl}"
                            for impl, r in best.items() if impl != 'ours')
-        print(f'ours, {mode}, best batches: {ratios or "nothing to compare"}', flush=True)
+        print(f'ours, {mode}, best batches: {ratios}', flush=True)
       best_lines += best.values()
     variant.release()
   if len(variants) > 1 and best_lines:

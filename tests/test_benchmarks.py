@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 
+from benchmarks import accelerator_summary
 from mixer_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,8 +76,9 @@ def test_accelerator_check_runs_every_step_and_summarises_them(check):
     assert {'impl', 'device_kind', 'mfu', 'date', 'formulation'} <= set(line)
   ours = next(r for r in lines if r['impl'] == 'ours' and r['mode'] == 'train')
   ref = next(r for r in lines if r['impl'] == 'reference' and r['mode'] == 'train')
-  assert (f"| S/32 | train | {ours['images_per_sec']:,.0f} (2), {ours['mfu']:.1%} | "
-          f"{ref['images_per_sec']:,.0f} (2), {ref['mfu']:.1%} |") in summary
+  rate = accelerator_summary.rate
+  assert (f"| S/32 | train | {rate(ours['images_per_sec'])} (2), {ours['mfu']:.1%} | "
+          f"{rate(ref['images_per_sec'])} (2), {ref['mfu']:.1%} |") in summary
   assert f"{ours['images_per_sec'] / ref['images_per_sec']:.2f}x | 35% " in summary
   # train.py on synthetic data at the sweep's batch, against the benchmark's training step.
   metrics = [json.loads(line) for line in (out / 'train_synthetic.jsonl').read_text().splitlines()]
@@ -94,6 +96,14 @@ def test_accelerator_check_runs_every_step_and_summarises_them(check):
   joined = re.search(r'joined check_probe-1.0-py3-none-any.whl from (\d+) pieces\n'
                      r'installed 1 wheels: check_probe-1.0-py3-none-any.whl', stdout)
   assert joined and int(joined[1]) > 1
+
+
+def test_the_tables_give_small_rates_to_three_digits_and_large_ones_to_the_unit():
+  line = dict(variant='L/16', mode='train', impl='ours', batch_per_device=8, mfu=0.41)
+  table = accelerator_summary.markdown_table([{**line, 'images_per_sec': 0.5234},
+                                              {**line, 'mode': 'inference', 'images_per_sec': 1234.4}])
+  assert '| L/16 | train | 0.523 (8), 41.0% |' in table  # was 1, from the rounding to the unit
+  assert '| L/16 | inference | 1,234 (8), 41.0% |' in table
 
 
 def test_accelerator_check_refuses_a_wheel_with_a_missing_piece_before_anything_runs(tmp_path):
