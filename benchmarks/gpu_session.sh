@@ -20,6 +20,8 @@
 # (--xla_gpu_enable_triton_gemm=false: with XLA's Triton GEMM autotuning a step took minutes to
 # compile on 2026-11-27); call 1 says whether the default flags compile and run faster, and
 # `XLA_FLAGS= bash ...` then uses them.
+# A call that starts a fresh machine (the last reply said warm: false) has lost the earlier
+# calls' files: it carries .whl again, and the pieces only if call 5 is still to come.
 # TINY=1 rehearses the five calls on a CPU (OUT defaults to a temporary folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
