@@ -5,9 +5,13 @@
 
 A run resumes from the newest checkpoint in its workdir. Several hosts: see README ("Many hosts").
 """
+import contextlib
 import logging as std_logging
 import os
+import signal
 import sys
+import threading
+import time
 
 from mixer_jax import errors
 
@@ -42,6 +46,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Number of processes (default: $JAX_NUM_PROCESSES or 1).')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process\'s index (default: $JAX_PROCESS_ID or 0).')
+_CONNECT_TIMEOUT = flags.DEFINE_integer(
+    'connect_timeout', 300, 'Seconds the processes wait for each other to connect at start-up.',
+    lower_bound=1)
 
 
 def _launch_setting(flag, variable: str, default):
@@ -55,6 +62,39 @@ def _launch_setting(flag, variable: str, default):
     raise errors.UserError(f'${variable}={value!r} is not a number: unset it or give '
                            f'--{flag.name}=N.')
   return type(default)(value)
+
+
+@contextlib.contextmanager
+def _reporting_the_wait(index: int, count: int, address: str, timeout: int):
+  """A line a minute while the processes connect, and one error line where JAX, at the
+  timeout, aborts with a stack dump that blames a task that died (it may never have started)."""
+  connected, start = threading.Event(), time.monotonic()
+  give_up = timeout - min(5, timeout / 10)  # just before JAX's own abort
+
+  def watch():
+    while not connected.wait(min(60, give_up - (time.monotonic() - start))):
+      waited = time.monotonic() - start
+      if waited >= give_up:
+        errors.end_now(
+            f'error: Process {index} of {count}: not all {count} processes connected to {address} '
+            f'within {timeout} s. Start every one with the same --coordinator_address and '
+            f'--num_processes and its own --process_id from 0 to {count - 1}, check that every '
+            'host reaches that address, or wait longer with --connect_timeout=SECONDS.', 1)
+      logging.info('Process %d of %d: still waiting for the others to connect (%.0f s of %d).',
+                   index, count, waited, timeout)
+
+  threading.Thread(target=watch, daemon=True, name='connect-watch').start()
+  # Python's handlers would run only once JAX returns: Ctrl-C and SIGTERM end the wait at once
+  # (nothing is written yet). JAX's preemption service takes SIGTERM over as it connects.
+  ctrl_c = signal.getsignal(signal.SIGINT)
+  for s in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(s) is not signal.SIG_IGN:
+      signal.signal(s, signal.SIG_DFL)
+  try:
+    yield
+  finally:
+    connected.set()
+    signal.signal(signal.SIGINT, ctrl_c)
 
 
 def initialize_distributed():
@@ -80,10 +120,11 @@ def initialize_distributed():
         '$JAX_COORDINATOR_ADDRESS).')
   try:
     if address:
-      # Until every process has connected, JAX says nothing; it gives up after 5 minutes.
       logging.info('Process %d of %d: waiting for all %d processes to connect to %s.', index,
                    count, count, address)
-      jax.distributed.initialize(address, count, index)
+      with _reporting_the_wait(index, count, address, _CONNECT_TIMEOUT.value):
+        jax.distributed.initialize(address, count, index,
+                                   initialization_timeout=_CONNECT_TIMEOUT.value)
     elif detected:
       jax.distributed.initialize()  # TPU pod slice, SLURM or Open MPI
   except (RuntimeError, ValueError) as e:

@@ -49,7 +49,7 @@ def _unless_expected(unraisable):
     sys.__unraisablehook__(unraisable)
 
 
-def _end_now(message: str, status: int):
+def end_now(message: str, status: int):
   """Ends the process without unwinding or interpreter shutdown: either can crash with a
   segmentation fault when the signal came inside jaxlib's import or XLA's compilation."""
   sys.stdout.flush()
@@ -60,7 +60,7 @@ def _end_now(message: str, status: int):
 def interrupted_now(*_):
   """Ctrl-C: one line and status 130, at once. A signal handler, for Ctrl-C during imports and
   for a second Ctrl-C."""
-  _end_now('Interrupted (Ctrl-C).', 130)
+  end_now('Interrupted (Ctrl-C).', 130)
 
 
 def _on_ctrl_c(handler):
@@ -107,7 +107,7 @@ def reported(main):
     except KeyboardInterrupt:  # the unwinding has run: the workdir's lock is released
       interrupted_now()
     except Terminated:
-      _end_now('Terminated (SIGTERM).', 128 + signal.SIGTERM)
+      end_now('Terminated (SIGTERM).', 128 + signal.SIGTERM)
   return wrapped
 
 

@@ -188,6 +188,54 @@ def out_of_memory_explained(config, per_device: int):
         '(recomputes activations). The checkpoints written so far are kept.') from e
 
 
+def check_processes_agree(config, workdir: epath.Path):
+  """Every process was given the same settings and workdir, or each stops naming what differs.
+
+  Processes that disagree train on different schedules or batches without a word, hang in a
+  collective or at the first checkpoint, or abort inside one.
+  """
+  if jax.process_count() == 1:
+    return
+  mine = {**ckpt.flatten(json.loads(config.to_json_best_effort())), 'workdir': str(workdir)}
+  text = np.frombuffer(json.dumps(mine, sort_keys=True).encode(), np.uint8)
+  length = int(multihost_utils.broadcast_one_to_all(np.int32(text.size)))
+  first = multihost_utils.broadcast_one_to_all(
+      text if jax.process_index() == 0 else np.zeros(length, np.uint8))
+  first = json.loads(np.asarray(first, np.uint8).tobytes())
+  differ = [f'{k} is {first.get(k, "(unset)")!r} in process 0, {mine.get(k, "(unset)")!r} here'
+            for k in sorted(first.keys() | mine.keys()) if first.get(k) != mine.get(k)]
+  others = np.flatnonzero(multihost_utils.process_allgather(np.int32(bool(differ))))
+  fix = 'give every process the same --config, --config.<field> overrides and --workdir.'
+  if differ:
+    raise UserError(f'Process {jax.process_index()} was started with other settings than process '
+                    f'0: {"; ".join(differ)}. Stopping every process: {fix}')
+  if others.size:
+    raise UserError(f'Process(es) {", ".join(map(str, others))} were started with other settings '
+                    f'than this process 0 (each names them). Stopping every process: {fix}')
+
+
+def _holds_token(lock_file: epath.Path, token: str) -> bool:
+  with contextlib.suppress(OSError, ValueError, *paths.storage_errors()):
+    return json.loads(lock_file.read_text()).get('token') == token
+  return False
+
+
+def _check_workdir_shared(workdir: epath.Path, token: np.ndarray):
+  """Every process reads the lock process 0 wrote: orbax's multi-host checkpoints need storage
+  all hosts reach, and with a folder on each host's own disk the first save hung."""
+  sees, deadline = jax.process_index() == 0, time.time() + 10
+  while not sees and time.time() < deadline:  # a network file system can show it late
+    sees = _holds_token(workdir / lock.FILE, bytes(token).hex())
+    if not sees:
+      time.sleep(0.5)
+  blind = np.flatnonzero(~multihost_utils.process_allgather(np.bool_(sees)))
+  if blind.size:
+    raise UserError(
+        f'Process(es) {", ".join(map(str, blind))} cannot see the workdir {workdir} that process 0 '
+        'created (its lock.json): with several hosts the workdir must be storage every host '
+        'reaches, a network file system or a gs:// bucket, not a folder on each host\'s disk.')
+
+
 @contextlib.contextmanager
 def claim_workdir(workdir: epath.Path):
   """Creates the workdir and holds its lock (process 0); every process stops if that fails.
@@ -197,12 +245,13 @@ def claim_workdir(workdir: epath.Path):
   created = False
   try:
     with contextlib.ExitStack() as stack:
-      error = None
+      error, token = None, np.zeros(16, np.uint8)
       if jax.process_index() == 0:
         try:
           created = not workdir.exists()
           workdir.mkdir(parents=True, exist_ok=True)
-          stack.enter_context(lock.WorkdirLock(workdir))
+          held = stack.enter_context(lock.WorkdirLock(workdir))
+          token = np.frombuffer(bytes.fromhex(held.record['token']), np.uint8)
         except UserError as e:
           error = e
         except paths.storage_errors() as e:
@@ -213,6 +262,8 @@ def claim_workdir(workdir: epath.Path):
                                    'error.')
       if error:
         raise error
+      if jax.process_count() > 1:
+        _check_workdir_shared(workdir, np.asarray(multihost_utils.broadcast_one_to_all(token)))
       yield
   except BaseException:
     with contextlib.suppress(*paths.storage_errors()):
@@ -242,8 +293,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   written to `workdir/results.json`; raises errors.Stopped when SIGTERM or Ctrl-C stopped it
   (after saving a checkpoint).
   """
-  validation.check_config(config)
   workdir = paths.resolve(workdir)
+  check_processes_agree(config, workdir)  # first: a check one process fails would hang the rest
+  validation.check_config(config)
   with claim_workdir(workdir):
     with out_of_memory_explained(config, config.batch_size // jax.device_count()):
       return _train(config, workdir, build)

@@ -6,8 +6,9 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
-from training import ROOT, SMALL_MODEL_FLAGS, restore_params, run_train_py
+from training import ROOT, SMALL_MODEL_FLAGS, error_line, restore_params, run_train_py
 
 # SGD, as in test_eight_devices_train_like_one: Adam would amplify rounding noise in the
 # token-mixing output biases, whose gradient is exactly zero.
@@ -22,21 +23,30 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
+def run_processes(*flags_of_each, prefixes=None, timeout=240):
+  """train.py as processes 0, 1, ... of one run on 127.0.0.1, 2 CPU devices each: (status, output)
+  of each. `flags_of_each[i]`: process i's flags; `prefixes[i]`: a command it runs under."""
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
          'JAX_PLATFORMS': 'cpu'}
   address = f'127.0.0.1:{free_port()}'
   procs = [subprocess.Popen(
-      [sys.executable, str(ROOT / 'train.py'), f'--workdir={tmp_path / "two"}', *FLAGS,
-       f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
+      [*(prefixes or {}).get(i, []), sys.executable, str(ROOT / 'train.py'), *flags,
+       f'--coordinator_address={address}', f'--num_processes={len(flags_of_each)}',
+       f'--process_id={i}'],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-      for i in range(2)]
+      for i, flags in enumerate(flags_of_each)]
   try:
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
   finally:
     for p in procs:
       p.kill()
-  assert [p.returncode for p in procs] == [0, 0], outputs
+  return [p.returncode for p in procs], outputs, address
+
+
+def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
+  flags = [f'--workdir={tmp_path / "two"}', *FLAGS]
+  codes, outputs, address = run_processes(flags, flags)
+  assert codes == [0, 0], outputs
   for i, out in enumerate(outputs):
     assert f'Process {i} of 2: waiting for all 2 processes to connect to {address}.' in out
   # Metrics and the result line come from process 0 only.
@@ -48,3 +58,51 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   for step in (10, 20):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  restore_params(tmp_path / 'two', step), restore_params(tmp_path / 'one', step))
+
+
+def test_processes_started_with_other_settings_stop_at_once_naming_them(tmp_path):
+  # Before: a different total_steps trained on two schedules, then hung past SIGTERM; a
+  # different batch_size trained to a wrong result; a different width aborted inside gloo.
+  codes, outputs, _ = run_processes(
+      [f'--workdir={tmp_path / "a"}', *FLAGS],
+      [f'--workdir={tmp_path / "b"}', *FLAGS, '--config.total_steps=30'], timeout=120)
+  assert codes == [1, 1], outputs
+  assert error_line(outputs[1]) == (
+      f"error: Process 1 was started with other settings than process 0: total_steps is 20 in "
+      f"process 0, 30 here; workdir is '{tmp_path / 'a'}' in process 0, '{tmp_path / 'b'}' here. "
+      'Stopping every process: give every process the same --config, --config.<field> '
+      'overrides and --workdir.')
+  assert error_line(outputs[0]).startswith(
+      'error: Process(es) 1 were started with other settings than this process 0')
+  assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_workdir_only_process_0_can_see_stops_every_process(tmp_path):
+  """As on two hosts that each have their own disk: before, the first checkpoint hung."""
+  own_disk = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
+              f'mount -t tmpfs none {tmp_path} && exec "$@"', 'sh']
+  if subprocess.run([*own_disk, 'true'], capture_output=True).returncode:
+    pytest.skip('needs mount namespaces (unshare, as root) to give process 1 a disk of its own')
+  flags = [f'--workdir={tmp_path / "run"}', *FLAGS]
+  codes, outputs, _ = run_processes(flags, flags, prefixes={1: own_disk}, timeout=120)
+  assert codes == [1, 1], outputs
+  for out in outputs:
+    assert error_line(out) == (
+        f'error: Process(es) 1 cannot see the workdir {tmp_path / "run"} that process 0 created '
+        '(its lock.json): with several hosts the workdir must be storage every host reaches, a '
+        "network file system or a gs:// bucket, not a folder on each host's disk.")
+  assert not list(tmp_path.iterdir())  # the run's new workdir and its lock are gone
+
+
+def test_a_process_whose_peers_never_connect_stops_with_one_line(tmp_path):
+  """Before: 5 minutes of silence, then XLA's abort and stack dump blaming a task that died."""
+  address = f'127.0.0.1:{free_port()}'
+  code, out = run_train_py(tmp_path / 'run', *FLAGS, f'--coordinator_address={address}',
+                           '--num_processes=2', '--process_id=0', '--connect_timeout=6',
+                           devices=2, timeout=60)
+  assert code == 1 and out.strip().splitlines()[-1] == (
+      f'error: Process 0 of 2: not all 2 processes connected to {address} within 6 s. Start '
+      'every one with the same --coordinator_address and --num_processes and its own '
+      '--process_id from 0 to 1, check that every host reaches that address, or wait longer '
+      'with --connect_timeout=SECONDS.'), out
+  assert not (tmp_path / 'run').exists()

@@ -10,8 +10,7 @@ import tensorflow as tf
 
 from mixer_jax import checkpoints, input_pipeline, trainer
 from test_input_pipeline import folder_config, make_image_folder
-from training import ROOT, small_config
-from test_train import error_line
+from training import ROOT, error_line, small_config
 
 
 def test_predict_prints_top_classes_of_image_files(tmp_path):

@@ -17,7 +17,8 @@ import pytest
 from configs import digits
 from mixer_jax import trainer
 from mixer_jax.errors import UserError
-from training import ROOT, SMALL_MODEL_FLAGS, restore_params, run_train_py, small_config
+from training import (ROOT, SMALL_MODEL_FLAGS, error_line, restore_params, run_train_py,
+                      small_config)
 from test_input_pipeline import class_unknown_to_train, folder_config, make_image_folder
 
 def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path):
@@ -133,13 +134,6 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['20']
   params = restore_params(tmp_path, 20)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
-
-
-def error_line(out: str) -> str:
-  """The one line of an entry point's output that says what is wrong; no traceback."""
-  assert 'Traceback' not in out, out
-  [line] = [line for line in out.splitlines() if line.startswith('error: ')]
-  return line
 
 
 @pytest.mark.parametrize('flags, message', [

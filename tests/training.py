@@ -52,3 +52,10 @@ def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True):
   finally:
     proc.kill()
   return proc.returncode, out
+
+
+def error_line(out: str) -> str:
+  """The one line of an entry point's output that says what is wrong; no traceback."""
+  assert 'Traceback' not in out, out
+  [line] = [line for line in out.splitlines() if line.startswith('error: ')]
+  return line
