@@ -4,6 +4,7 @@ import inspect
 import os
 
 from absl import flags
+import ml_collections
 
 from mixer_jax import errors
 
@@ -27,13 +28,17 @@ def expand_home(argv: list[str]) -> list[str]:
 
 def load(path_and_arg: str):
   """The config that `path[:arg]` builds, without any --config.<field> overrides."""
-  path, _, arg = path_and_arg.partition(':')
+  path, colon, arg = path_and_arg.partition(':')
   module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
   module.__loader__.exec_module(module)
-  if arg and not inspect.signature(module.get_config).parameters:
+  if colon and not inspect.signature(module.get_config).parameters:
     raise ValueError(f'{os.path.basename(path)} takes no argument after ":" (got {arg!r}); its '
                      'settings are --config.<field>=<value>.')
-  return module.get_config(*([arg] if arg else []))
+  config = module.get_config(*([arg] if colon else []))
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise TypeError(f'get_config() returned {type(config).__name__}, not an '
+                    'ml_collections.ConfigDict (configs/digits.py shows one).')
+  return config
 
 
 def exit_unless_loadable(argv, default: str | None):

@@ -16,6 +16,28 @@ CHOICES = {'dtype': ('float32', 'bfloat16', 'float16'), 'optimizer': ('adam', 's
            'lr_decay': ('cosine', 'linear'), 'eval_split': ('test', 'validation', 'train')}
 
 
+# What the trainer reads from every config (each recipe in configs/ sets them all).
+REQUIRED = ('batch_size', 'checkpoint_every', 'dataset', 'dtype', 'eval_batch_size', 'eval_every',
+            'eval_split', 'grad_accum_steps', 'grad_clip_norm', 'image_size', 'init_from',
+            'keep_checkpoints', 'learning_rate', 'log_every', 'lr_decay', 'mixup', 'model',
+            'optimizer', 'seed', 'stoch_depth', 'total_steps', 'variant', 'warmup_steps',
+            'weight_decay')
+
+
+def missing_fields(config) -> list[str]:
+  """The fields this config's run would read and the config lacks."""
+  missing = [f for f in REQUIRED if f not in config]
+  dataset = config.get('dataset')
+  if dataset not in ('synthetic', None):
+    if 'augment' not in config:  # without one, the ImageNet-style pipeline (RandAugment)
+      missing += [f for f in ('randaug_layers', 'randaug_magnitude') if f not in config]
+    if dataset != 'digits':
+      missing += [f for f in ('data_dir',) if f not in config]
+    if dataset not in ('digits', 'folder'):  # tensorflow-datasets
+      missing += [f for f in ('shuffle_buffer',) if f not in config]
+  return missing
+
+
 def model_sizes(config) -> dict[str, int]:
   """The five Table 1 sizes the run builds: the variant's, with `config.model` overriding."""
   variant = config.variant.removeprefix('Mixer-')
@@ -39,6 +61,12 @@ def model_sizes(config) -> dict[str, int]:
 
 def check_config(config):
   """Raises UserError for the first field that cannot work, naming its value and the fix."""
+  missing = missing_fields(config)
+  if missing:
+    raise UserError(
+        f'The config has no field {", ".join(missing)}, which this run reads: add '
+        f'{"it" if len(missing) == 1 else "them"} to the config file (configs/digits.py and '
+        'configs/finetune.py set every field, with what each means).')
   for field in POSITIVE_INTS:
     value = config_files.lookup(config, field)
     if value is not None and value < 1:

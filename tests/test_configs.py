@@ -106,11 +106,22 @@ def test_imagenet21k_recipe_trains_on_an_unverified_folder_and_skips_bad_files(t
     ('synthetic.py:S/32,smoke,x', r"unknown option 'x'"),
     ('cifar10_scratch.py:4,smokey', r"unknown option 'smokey': the argument is PATCH"),
     ('digits.py:B/16', r'digits.py takes no argument after ":" \(got \'B/16\'\)'),
+    ('digits.py:', r'digits.py takes no argument after ":" \(got \'\'\)'),
 ])
 def test_a_recipe_refuses_an_argument_it_does_not_know(arg, message):
   # A misspelt `smoke` used to run the full recipe: hours instead of seconds.
   with pytest.raises(ValueError, match=message):
     config_files.load(os.path.join(os.path.dirname(digits.__file__), arg))
+
+
+@pytest.mark.parametrize('returned, kind', [('config.to_dict()', 'dict'), ('None', 'NoneType')])
+def test_a_config_file_must_build_a_config_dict(tmp_path, returned, kind):
+  path = tmp_path / 'mine.py'
+  path.write_text('from configs import digits\n\n\ndef get_config():\n'
+                  f'  config = digits.get_config()\n  return {returned}\n')
+  with pytest.raises(TypeError, match=rf'get_config\(\) returned {kind}, not an '
+                     r'ml_collections.ConfigDict'):
+    config_files.load(str(path))
 
 
 def test_recipe_options_shrink_the_recipe():

@@ -17,6 +17,14 @@ def digits_with(**fields):
   return config
 
 
+def digits_without(*fields):
+  """A hand-trimmed (or older) copy of the digits recipe."""
+  config = digits.get_config()
+  for field in fields:
+    del config[field]
+  return config
+
+
 def finetune_without_variant():
   config = finetune.get_config('B/16,cifar10,smoke')
   config.variant = ''
@@ -49,6 +57,13 @@ def synthetic_with_no_classes():
     (digits_with(eval_split='validation'), r"eval_split='validation': 'digits' has only train "
                                            r'and test'),
     (digits_with(dataset='folder'), r'dataset=folder needs --config.data_dir'),
+    # Fields missing from one's own config: tracebacks from ml_collections before, some after
+    # files were written; without `augment` the ImageNet-style pipeline failed inside tf.data.
+    (digits_without('mixup'), r'The config has no field mixup, which this run reads: add it'),
+    (digits_without('grad_accum_steps', 'stoch_depth'), r'no field grad_accum_steps, '
+                                                       r'stoch_depth, .*add them'),
+    (digits_without('augment'), r'no field randaug_layers, randaug_magnitude,'),
+    (digits_with(dataset='cifar10'), r'no field shuffle_buffer,'),
     # The model.
     (digits_with(variant='B/8'), r"variant='B/8' is not a Table 1 variant"),
     (digits_with(variant='B/16'), r'variant=B/16 would have no effect: config.model sets all of '
