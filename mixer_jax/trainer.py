@@ -350,7 +350,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   state, start_step = ckpt.restore_latest(checkpoints, state)
   trains = start_step < config.total_steps  # else config.json stays the record of the training
   if start_step:
-    logging.info('Resumed from %s at step %d.', checkpoints.directory, start_step)
+    logging.info('Resumed from %s at step %d%s.', checkpoints.directory, start_step,
+                 f' (init_from={config.init_from} is not read: the checkpoint holds the run)'
+                 if config.init_from else '')
     if changes:
       logging.warning('This run continues with settings that differ from those it was started '
                       'with (config.json, %s): %s. Use a new --workdir to start afresh instead.',

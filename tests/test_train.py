@@ -343,7 +343,8 @@ def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
                            *SMALL_MODEL_FLAGS,
                            '--config.image_size=32', '--config.total_steps=52',
                            '--config.warmup_steps=5', '--config.learning_rate=2e-3')
-  assert code == 0 and re.search(r'Resumed from .* at step 50\.', out), out
+  assert code == 0 and re.search(rf'Resumed from .* at step 50 \(init_from={tmp_path / "at16"} '
+                                 r'is not read: the checkpoint holds the run\)\.', out), out
   assert 'Fine-tuning at 2x' not in out
 
 
