@@ -263,10 +263,12 @@ def eval_preprocess(image_uint8, image_size: int):
 
 
 def read_image(images, index):
-  """The uint8 image at `index`: gathered from memory, or read and decoded from its file."""
+  """The uint8 (H, W, 3) image at `index`: gathered from memory, or read and decoded from its
+  file. Grey images in memory (digits) get 3 channels, as decode_image gives files."""
   if images.dtype == tf.string:
     return decode_image(tf.io.read_file(tf.gather(images, index)))
-  return tf.gather(images, index)
+  image = tf.gather(images, index)
+  return tf.image.grayscale_to_rgb(image) if images.shape[-1] == 1 else image
 
 
 def to_signed_unit(image):

@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
-from configs import digits
+from configs import digits, finetune
 from mixer_jax import input_pipeline
 from mixer_jax.errors import UserError
 
@@ -233,3 +233,15 @@ def test_eval_preprocessing_is_a_deterministic_central_crop():
   assert a.shape == (32, 32, 3)
   np.testing.assert_allclose(a[:, :12], -1.0, atol=1e-3)
   np.testing.assert_allclose(a[:, -12:], 1.0, atol=1e-3)
+
+
+def test_an_imagenet_style_recipe_on_grey_digits_gets_three_equal_channels():
+  # Inception crop and RandAugment (no `augment` block) on 1-channel images in memory: the
+  # batches had 1 channel and the model failed on its stem's kernel shape.
+  config = finetune.get_config('S/32,digits,smoke')
+  train = next(input_pipeline.create_train_dataset(config, 0, 0, 1).as_numpy_iterator())
+  test = next(input_pipeline.create_eval_dataset(config, 'test', 0, 1).as_numpy_iterator())
+  for batch in (train, test):
+    assert batch['image'].shape == (8, 32, 32, 3)
+    np.testing.assert_array_equal(batch['image'][..., 0], batch['image'][..., 2])
+    assert batch['image'].std() > 0.1  # the digits, not a blank
