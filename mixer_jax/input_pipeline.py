@@ -21,6 +21,7 @@ from mixer_jax.errors import UserError
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
 
+SHUFFLE_BUFFER = 50_000  # encoded examples, where a recipe sets none (the small-image ones)
 IN_MEMORY = ('digits', 'folder')  # any other name is a tensorflow-datasets name
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')  # what decode_image reads
 # The paper's splits (following ViT): a slice of train validates, the test split reports.
@@ -379,7 +380,8 @@ def _tfds_train_dataset(config, start_step, process_index, process_count):
   ds, _ = load_tfds(config, 'train', process_index, process_count, shuffle_files=True)
   local_batch = config.batch_size // process_count
   start = start_step * local_batch
-  ds = ds.repeat().shuffle(config.shuffle_buffer, seed=config.seed).skip(start).enumerate(start)
+  buffer = config.get('shuffle_buffer', SHUFFLE_BUFFER)
+  ds = ds.repeat().shuffle(buffer, seed=config.seed).skip(start).enumerate(start)
 
   ds = ds.map(lambda position, example: train_example(config, position, decode_image(example[0]),
                                                        example[1]),

@@ -33,8 +33,6 @@ def missing_fields(config) -> list[str]:
       missing += [f for f in ('randaug_layers', 'randaug_magnitude') if f not in config]
     if dataset != 'digits':
       missing += [f for f in ('data_dir',) if f not in config]
-    if dataset not in ('digits', 'folder'):  # tensorflow-datasets
-      missing += [f for f in ('shuffle_buffer',) if f not in config]
   return missing
 
 

@@ -63,7 +63,6 @@ def synthetic_with_no_classes():
     (digits_without('grad_accum_steps', 'stoch_depth'), r'no field grad_accum_steps, '
                                                        r'stoch_depth, .*add them'),
     (digits_without('augment'), r'no field randaug_layers, randaug_magnitude,'),
-    (digits_with(dataset='cifar10'), r'no field shuffle_buffer,'),
     # The model.
     (digits_with(variant='B/8'), r"variant='B/8' is not a Table 1 variant"),
     (digits_with(variant='B/16'), r'variant=B/16 would have no effect: config.model sets all of '
