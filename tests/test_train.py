@@ -233,8 +233,9 @@ def test_sigterm_during_start_up_releases_the_workdir_and_exits_143(tmp_path):
 
 def test_a_second_run_on_a_busy_workdir_refuses_and_ctrl_c_stops_the_first_with_a_checkpoint(
     tmp_path):
+  # No evaluation before the stop: its record would share a step with a training record.
   flags = ['--config.total_steps=5000', '--config.checkpoint_every=4000', '--config.log_every=5',
-           *SMALL_MODEL_FLAGS]
+           '--config.eval_every=4000', *SMALL_MODEL_FLAGS]
   first = run_train_py(tmp_path, *flags, wait=False)
   try:
     wait_for(tmp_path / 'metrics.jsonl', first)
