@@ -87,9 +87,8 @@ def _reporting_the_wait(index: int, count: int, address: str, timeout: int):
   # Python's handlers would run only once JAX returns: Ctrl-C and SIGTERM end the wait at once
   # (nothing is written yet). JAX's preemption service takes SIGTERM over as it connects.
   ctrl_c = signal.getsignal(signal.SIGINT)
-  for s in (signal.SIGINT, signal.SIGTERM):
-    if signal.getsignal(s) is not signal.SIG_IGN:
-      signal.signal(s, signal.SIG_DFL)
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    errors.handle_unless_ignored(signum, signal.SIG_DFL)
   try:
     yield
   finally:

@@ -63,10 +63,11 @@ def interrupted_now(*_):
   end_now('Interrupted (Ctrl-C).', 130)
 
 
-def _on_ctrl_c(handler):
-  """SIGINT's handler, unless the shell set it to be ignored (`train.py &` in a script)."""
-  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-    signal.signal(signal.SIGINT, handler)
+def handle_unless_ignored(signum: int, handler):
+  """Sets the signal's handler, unless the shell set it to be ignored (SIGINT for `train.py &`
+  in a script)."""
+  if signal.getsignal(signum) is not signal.SIG_IGN:
+    signal.signal(signum, handler)
 
 
 def end_quietly_on_ctrl_c_while_starting():
@@ -75,7 +76,7 @@ def end_quietly_on_ctrl_c_while_starting():
   A KeyboardInterrupt raised while jaxlib is being imported killed the interpreter with a
   segmentation fault. `reported` restores the KeyboardInterrupt once main starts.
   """
-  _on_ctrl_c(interrupted_now)
+  handle_unless_ignored(signal.SIGINT, interrupted_now)
 
 
 pending = None  # the KeyboardInterrupt or Terminated last raised by a signal
@@ -93,10 +94,9 @@ def reported(main):
   """An absl main whose UserError, Stopped, Ctrl-C or SIGTERM ends the program with one line."""
   @functools.wraps(main)
   def wrapped(argv):
-    _on_ctrl_c(_raise_on_signal)
     # Across processes, jax.distributed's preemption service takes SIGTERM over once started.
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-      signal.signal(signal.SIGTERM, _raise_on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      handle_unless_ignored(signum, _raise_on_signal)
     sys.unraisablehook = _unless_expected
     try:
       return main(argv)

@@ -188,6 +188,17 @@ def out_of_memory_explained(config, per_device: int):
         '(recomputes activations). The checkpoints written so far are kept.') from e
 
 
+def flat_settings(config) -> dict[str, Any]:
+  """{'model/hidden_dim': 64, ...}: the config as config.json records it, flattened."""
+  return ckpt.flatten(json.loads(config.to_json_best_effort()))
+
+
+def differences(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
+  """(key, value in a, value in b) where two flat settings differ; '(unset)' where one lacks it."""
+  return [(k, a.get(k, '(unset)'), b.get(k, '(unset)')) for k in sorted(a.keys() | b.keys())
+          if a.get(k) != b.get(k)]
+
+
 def check_processes_agree(config, workdir: epath.Path):
   """Every process was given the same settings and workdir, or each stops naming what differs.
 
@@ -196,14 +207,13 @@ def check_processes_agree(config, workdir: epath.Path):
   """
   if jax.process_count() == 1:
     return
-  mine = {**ckpt.flatten(json.loads(config.to_json_best_effort())), 'workdir': str(workdir)}
+  mine = {**flat_settings(config), 'workdir': str(workdir)}
   text = np.frombuffer(json.dumps(mine, sort_keys=True).encode(), np.uint8)
   length = int(multihost_utils.broadcast_one_to_all(np.int32(text.size)))
   first = multihost_utils.broadcast_one_to_all(
       text if jax.process_index() == 0 else np.zeros(length, np.uint8))
   first = json.loads(np.asarray(first, np.uint8).tobytes())
-  differ = [f'{k} is {first.get(k, "(unset)")!r} in process 0, {mine.get(k, "(unset)")!r} here'
-            for k in sorted(first.keys() | mine.keys()) if first.get(k) != mine.get(k)]
+  differ = [f'{k} is {a!r} in process 0, {b!r} here' for k, a, b in differences(first, mine)]
   others = np.flatnonzero(multihost_utils.process_allgather(np.int32(bool(differ))))
   fix = 'give every process the same --config, --config.<field> overrides and --workdir.'
   if differ:
@@ -278,9 +288,7 @@ def config_changes(workdir: epath.Path, config) -> list[str]:
   if not saved.exists():
     return []
   old = ckpt.flatten(json.loads(saved.read_text()))
-  new = ckpt.flatten(json.loads(config.to_json_best_effort()))
-  return [f'{k}: {old.get(k, "(unset)")!r} -> {new.get(k, "(unset)")!r}'
-          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+  return [f'{k}: {a!r} -> {b!r}' for k, a, b in differences(old, flat_settings(config))]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
