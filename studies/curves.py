@@ -88,12 +88,11 @@ def main(argv: Sequence[str]) -> None:
   values, workdirs = study.parse_flags(argv, __doc__, define, takes_arguments=True)
   if not workdirs:
     raise UserError('Give one or more workdirs, e.g. python studies/curves.py runs/digits.')
-  runs, totals = {}, {}
-  for name, workdir in zip(run_names(workdirs), workdirs):
-    metrics = read_metrics(workdir)
-    if metrics:
-      runs[name], totals[name] = metrics, total_steps(workdir)
-    else:
+  workdir_of, runs = dict(zip(run_names(workdirs), workdirs)), {}
+  for name, workdir in workdir_of.items():
+    runs[name] = read_metrics(workdir)
+    if not runs[name]:
+      del runs[name]
       logging.warning('%s has not logged anything yet: left out.', workdir)
   if not runs:
     raise UserError(f'None of {", ".join(workdirs)} has logged anything yet: rerun once they '
@@ -115,7 +114,8 @@ def main(argv: Sequence[str]) -> None:
   for ax in (loss_ax, accuracy_ax):
     ax.grid(alpha=0.3)
 
-  rows = [{**summary(name, metrics), 'total_steps': totals[name]} for name, metrics in runs.items()]
+  rows = [{**summary(name, metrics), 'total_steps': total_steps(workdir_of[name])}
+          for name, metrics in runs.items()]
   text = study.format_table(rows, ['run', 'step', 'total_steps', 'train_loss', 'eval_split',
                                    'accuracy', 'best_accuracy', 'best_step'])
   study.write_outputs(values.out, 'curves', figure, {'runs': rows}, text)
