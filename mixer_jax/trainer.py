@@ -319,10 +319,11 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   steps.check_batch_size(config.eval_batch_size, jax.device_count(), 'eval_batch_size')
 
   # Weights to start from are read first: their resolution decides the token-MLP width. A run
-  # resuming from its own checkpoint reads that width there, and needs them no more.
+  # resuming from its own checkpoint reads that width there, and needs them no more (nor
+  # init_from: a fine-tune at 2x resumes with or without it).
   with ckpt.reader(workdir / 'checkpoints') as found:
     resuming = found.latest_step() is not None
-    resumed_width = ckpt.token_mixing_width(found) if resuming and config.init_from else None
+    resumed_width = ckpt.token_mixing_width(found) if resuming else None
   init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
   factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
   data = data_source(config)
@@ -333,8 +334,12 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     num_classes = len(class_names)
     data.check_eval_split(config)  # a missing or inconsistent one, now rather than later
   model = build(config, num_classes)
-  if resumed_width:
+  if resumed_width and hasattr(model, 'tokens_mlp_dim'):  # not a study's baseline
     factor = ckpt.expansion(resumed_width, model.tokens_mlp_dim)
+    if factor > 1 and not config.init_from:
+      logging.info('The checkpoint\'s token-mixing MLPs are %d times model.tokens_mlp_dim=%d wide: '
+                   'resuming a fine-tune at %dx the resolution of its weights.', factor ** 2,
+                   model.tokens_mlp_dim, factor)
   if factor > 1:
     model = model.clone(tokens_mlp_dim=model.tokens_mlp_dim * factor ** 2)
     if init_params:

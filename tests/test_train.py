@@ -347,6 +347,12 @@ def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
   assert code == 0 and re.search(rf'Resumed from .* at step 50 \(init_from={tmp_path / "at16"} '
                                  r'is not read: the checkpoint holds the run\)\.', out), out
   assert 'Fine-tuning at 2x' not in out
+  # Without init_from too: the checkpoint's width says it is a fine-tune (a shape error before).
+  code, out = run_train_py(tmp_path / 'at32', *SMALL_MODEL_FLAGS, '--config.image_size=32',
+                           '--config.total_steps=54', '--config.warmup_steps=5',
+                           '--config.learning_rate=2e-3')
+  assert code == 0 and 'Resumed from' in out and 'at step 52.' in out, out
+  assert 'token-mixing MLPs are 4 times model.tokens_mlp_dim=32 wide' in out, out
 
 
 def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
