@@ -141,7 +141,9 @@ def main(argv: Sequence[str]) -> None:
   if not values.weights:
     raise UserError('Give the weights with --weights=PATH.')
   blocks = study.int_list(values.blocks, 'blocks', minimum=0)
-  columns = values.columns + values.columns % 2
+  if values.columns % 2:
+    raise UserError(f'--columns={values.columns}: must be even, so that each unit sits beside its '
+                    f'pair: use {values.columns - 1} or {values.columns + 1}.')
   params = checkpoints.load_params(values.weights, '--weights')
   stem = stem_kernel(params)
   present = [b for b in blocks if f'MixerBlock_{b}' in params]
@@ -154,14 +156,14 @@ def main(argv: Sequence[str]) -> None:
     kernel, grid = token_grid(params, f'MixerBlock_{b}')
     found = order_and_pairs(kernel, grid)
     shown = found['order'][:values.units or None]
-    mosaics[b] = (mosaic(unit_maps(kernel, grid, shown), columns), len(shown))
+    mosaics[b] = (mosaic(unit_maps(kernel, grid, shown), values.columns), len(shown))
     noise = np.random.default_rng(b).standard_normal(kernel.shape)
     results[f'MixerBlock_{b}'] = {'grid': grid, 'units': kernel.shape[1], **found,
                                   'random_baseline': summary(order_and_pairs(noise, grid))}
   tiles = stem_tiles(stem, values.stem_units or stem.shape[-1])
 
   heights = [m.shape[0] / m.shape[1] * 10 for m, _ in mosaics.values()]
-  stem_image = mosaic(tiles, min(columns, len(tiles)), pad_value=1.0)
+  stem_image = mosaic(tiles, min(values.columns, len(tiles)), pad_value=1.0)
   heights.append(stem_image.shape[0] / stem_image.shape[1] * 10)
   figure = study.new_figure(10, sum(heights) + 0.45 * len(heights))
   axes = figure.subplots(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
