@@ -124,6 +124,10 @@ def initialize_distributed():
       with _reporting_the_wait(index, count, address, _CONNECT_TIMEOUT.value):
         jax.distributed.initialize(address, count, index,
                                    initialization_timeout=_CONNECT_TIMEOUT.value)
+      if jax.process_count() != count:  # process 0's count holds, and the run trains with it
+        logging.warning('Process %d: --num_processes=%d, but process 0 started %d processes: '
+                        'training with %d. Give every process the same --num_processes.', index,
+                        count, jax.process_count(), jax.process_count())
     elif detected:
       jax.distributed.initialize()  # TPU pod slice, SLURM or Open MPI
   except (RuntimeError, ValueError) as e:

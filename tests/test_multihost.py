@@ -25,13 +25,14 @@ def free_port() -> int:
 
 def run_processes(*flags_of_each, prefixes=None, timeout=240):
   """train.py as processes 0, 1, ... of one run on 127.0.0.1, 2 CPU devices each: (status, output)
-  of each. `flags_of_each[i]`: process i's flags; `prefixes[i]`: a command it runs under."""
+  of each. `flags_of_each[i]`: process i's flags (a --num_processes there wins); `prefixes[i]`:
+  a command it runs under."""
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
          'JAX_PLATFORMS': 'cpu'}
   address = f'127.0.0.1:{free_port()}'
   procs = [subprocess.Popen(
-      [*(prefixes or {}).get(i, []), sys.executable, str(ROOT / 'train.py'), *flags,
-       f'--coordinator_address={address}', f'--num_processes={len(flags_of_each)}',
+      [*(prefixes or {}).get(i, []), sys.executable, str(ROOT / 'train.py'),
+       f'--num_processes={len(flags_of_each)}', *flags, f'--coordinator_address={address}',
        f'--process_id={i}'],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
       for i, flags in enumerate(flags_of_each)]
@@ -65,8 +66,12 @@ def test_processes_started_with_other_settings_stop_at_once_naming_them(tmp_path
   # different batch_size trained to a wrong result; a different width aborted inside gloo.
   codes, outputs, _ = run_processes(
       [f'--workdir={tmp_path / "a"}', *FLAGS],
-      [f'--workdir={tmp_path / "b"}', *FLAGS, '--config.total_steps=30'], timeout=120)
+      [f'--workdir={tmp_path / "b"}', *FLAGS, '--config.total_steps=30', '--num_processes=3'],
+      timeout=120)
   assert codes == [1, 1], outputs
+  # A process count other than process 0's is not one of the run's settings: it is said.
+  assert ('Process 1: --num_processes=3, but process 0 started 2 processes: training with 2. '
+          'Give every process the same --num_processes.') in outputs[1], outputs[1]
   assert error_line(outputs[1]) == (
       f"error: Process 1 was started with other settings than process 0: total_steps is 20 in "
       f"process 0, 30 here; workdir is '{tmp_path / 'a'}' in process 0, '{tmp_path / 'b'}' here. "
