@@ -122,6 +122,13 @@ def stem_tiles(kernel: np.ndarray, count: int) -> np.ndarray:
   return (tiles - low) / np.maximum(high - low, 1e-30)
 
 
+def _even(columns: int) -> bool:
+  if columns % 2:
+    raise flags.ValidationError(f'must be even, so that each unit sits beside its pair: use '
+                                f'{columns - 1} or {columns + 1}.')
+  return True
+
+
 def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_string('weights', None, 'An official .npz, timm weights (.safetensors, .pth, '
                       '.bin), a workdir or its checkpoints/<step>.', flag_values=values)
@@ -133,6 +140,7 @@ def define_flags(values: flags.FlagValues) -> None:
                        flag_values=values)
   flags.DEFINE_integer('columns', 32, 'Maps per row (even, so that pairs share a row).',
                        lower_bound=2, flag_values=values)
+  flags.register_validator('columns', _even, flag_values=values)
   flags.DEFINE_string('out', '.', 'Folder for weights.png and weights.json.', flag_values=values)
 
 
@@ -141,9 +149,6 @@ def main(argv: Sequence[str]) -> None:
   if not values.weights:
     raise UserError('Give the weights with --weights=PATH.')
   blocks = study.int_list(values.blocks, 'blocks', minimum=0)
-  if values.columns % 2:
-    raise UserError(f'--columns={values.columns}: must be even, so that each unit sits beside its '
-                    f'pair: use {values.columns - 1} or {values.columns + 1}.')
   params = checkpoints.load_params(values.weights, '--weights')
   stem = stem_kernel(params)
   present = [b for b in blocks if f'MixerBlock_{b}' in params]
