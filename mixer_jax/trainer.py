@@ -334,7 +334,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     num_classes = len(class_names)
     data.check_eval_split(config)  # a missing or inconsistent one, now rather than later
   model = build(config, num_classes)
-  if resumed_width and hasattr(model, 'tokens_mlp_dim'):  # not a study's baseline
+  if resumed_width:  # None where the checkpoint holds another model (a study's baseline)
     factor = ckpt.expansion(resumed_width, model.tokens_mlp_dim)
     if factor > 1 and not config.init_from:
       logging.info('The checkpoint\'s token-mixing MLPs are %d times model.tokens_mlp_dim=%d wide: '
