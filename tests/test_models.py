@@ -98,11 +98,11 @@ def np_mixer(params, images, patch):
 
 def random_params(model, images, seed=1):
   """Parameters with every leaf random (the zero-initialised head and biases included)."""
-  params = model.init(jax.random.key(0), images)['params']
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [
-      0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  # Drawn by NumPy on the shapes alone: initialising and drawing with JAX compiles each
+  # initialiser for each shape, op by op (seconds a test on CPU).
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)['params']
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype), shapes)
 
 
 def test_forward_equals_float64_numpy_reference():
