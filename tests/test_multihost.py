@@ -12,7 +12,7 @@ from training import ROOT, SMALL_MODEL_FLAGS, error_line, restore_params, run_tr
 
 # SGD, as in test_eight_devices_train_like_one: Adam would amplify rounding noise in the
 # token-mixing output biases, whose gradient is exactly zero.
-FLAGS = ['--config.total_steps=20', '--config.warmup_steps=5', '--config.checkpoint_every=10',
+FLAGS = ['--config.total_steps=10', '--config.warmup_steps=2', '--config.checkpoint_every=5',
          '--config.eval_every=10', '--config.optimizer=sgd', '--config.learning_rate=0.1',
          *SMALL_MODEL_FLAGS]
 
@@ -56,7 +56,7 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
 
   code, out = run_train_py(tmp_path / 'one', *FLAGS, devices=4)
   assert code == 0, out
-  for step in (10, 20):
+  for step in (5, 10):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  restore_params(tmp_path / 'two', step), restore_params(tmp_path / 'one', step))
 
@@ -73,7 +73,7 @@ def test_processes_started_with_other_settings_stop_at_once_naming_them(tmp_path
   assert ('Process 1: --num_processes=3, but process 0 started 2 processes: training with 2. '
           'Give every process the same --num_processes.') in outputs[1], outputs[1]
   assert error_line(outputs[1]) == (
-      f"error: Process 1 was started with other settings than process 0: total_steps is 20 in "
+      f"error: Process 1 was started with other settings than process 0: total_steps is 10 in "
       f"process 0, 30 here; workdir is '{tmp_path / 'a'}' in process 0, '{tmp_path / 'b'}' here. "
       'Stopping every process: give every process the same --config, --config.<field> '
       'overrides and --workdir.')
