@@ -42,13 +42,13 @@ def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path):
 def test_eight_devices_train_like_one(tmp_path):
   # SGD, not Adam: the token-mixing output biases get an exactly-zero gradient (the next
   # LayerNorm removes per-token constants), and Adam would blow its rounding noise up to lr.
-  overrides = dict(total_steps=20, warmup_steps=5, checkpoint_every=20, eval_every=100,
+  overrides = dict(total_steps=10, warmup_steps=2, checkpoint_every=10, eval_every=100,
                    optimizer='sgd', learning_rate=0.1)
   code, out = run_train_py(tmp_path / 'eight', *[f'--config.{k}={v}' for k, v in overrides.items()],
                            *SMALL_MODEL_FLAGS, devices=8)
   assert code == 0, out
   trainer.train_and_evaluate(small_config(**overrides), str(tmp_path / 'one'))
-  eight, one = restore_params(tmp_path / 'eight', 20), restore_params(tmp_path / 'one', 20)
+  eight, one = restore_params(tmp_path / 'eight', 10), restore_params(tmp_path / 'one', 10)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eight, one)
 
 
