@@ -16,8 +16,8 @@ TABLE_1_MILLIONS = {'S/32': 19, 'S/16': 18, 'B/32': 60, 'B/16': 59, 'L/32': 206,
                     'H/14': 431}
 
 
-def abstract_params(model, resolution=224):
-  images = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+def abstract_params(model, images=jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)):
+  """The parameters' shapes and dtypes for these images, without initialising anything."""
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)['params']
 
 
@@ -100,9 +100,9 @@ def random_params(model, images, seed=1):
   """Parameters with every leaf random (the zero-initialised head and biases included)."""
   # Drawn by NumPy on the shapes alone: initialising and drawing with JAX compiles each
   # initialiser for each shape, op by op (seconds a test on CPU).
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)['params']
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype), shapes)
+  return jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype),
+                      abstract_params(model, images))
 
 
 def test_forward_equals_float64_numpy_reference():
