@@ -17,8 +17,8 @@ import pytest
 from configs import digits
 from mixer_jax import trainer
 from mixer_jax.errors import UserError
-from training import (ROOT, SMALL_MODEL_FLAGS, error_line, restore_params, run_train_py,
-                      small_config)
+from training import (ROOT, SMALL_MODEL, SMALL_MODEL_FLAGS, error_line, restore_params,
+                      run_train_py, small_config)
 from test_input_pipeline import class_unknown_to_train, folder_config, make_image_folder
 
 def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path):
@@ -329,32 +329,33 @@ def test_image_folder_trains_and_evaluates_through_train_py(tmp_path):
     assert out.count(f'Skipped 1 corrupt or unreadable image(s) in {root / split}:') == 1, out
 
 
-def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path):
+def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path, caplog):
   at16 = trainer.train_and_evaluate(small_config(total_steps=100), str(tmp_path / 'at16'))
+  fine_tune = dict(image_size=32, warmup_steps=5, learning_rate=2e-3)
   code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
-                           *SMALL_MODEL_FLAGS,
-                           '--config.image_size=32', '--config.total_steps=50',
-                           '--config.warmup_steps=5', '--config.learning_rate=2e-3')
+                           *SMALL_MODEL_FLAGS, '--config.total_steps=50',
+                           *[f'--config.{k}={v}' for k, v in fine_tune.items()])
   assert code == 0, out
   assert 'Fine-tuning at 2x the resolution' in out and 'expanded to 4 block-diagonal' in out
   accuracy = float(re.search(r'Final test accuracy: ([0-9.]+)', out).group(1))
   assert accuracy >= min(0.9, at16['test_accuracy'] - 0.05)  # keeps what it learnt at 16x16
-  # The same command, longer, resumes from the run's own (expanded) checkpoint: the weights it
-  # started from are no longer needed.
+  # The same settings, longer (in this process: the resumes are the trainer's), resume from the
+  # run's own (expanded) checkpoint: the weights it started from are no longer needed.
   shutil.move(tmp_path / 'at16', tmp_path / 'elsewhere')
-  code, out = run_train_py(tmp_path / 'at32', f'--config.init_from={tmp_path / "at16"}',
-                           *SMALL_MODEL_FLAGS,
-                           '--config.image_size=32', '--config.total_steps=52',
-                           '--config.warmup_steps=5', '--config.learning_rate=2e-3')
-  assert code == 0 and re.search(rf'Resumed from .* at step 50 \(init_from={tmp_path / "at16"} '
-                                 r'is not read: the checkpoint holds the run\)\.', out), out
-  assert 'Fine-tuning at 2x' not in out
+  config = digits.get_config()
+  config.model.update(SMALL_MODEL)
+  config.update(fine_tune, total_steps=52, init_from=str(tmp_path / 'at16'))
+  caplog.set_level('INFO', logger='absl')
+  trainer.train_and_evaluate(config, str(tmp_path / 'at32'))
+  assert re.search(rf'Resumed from .* at step 50 \(init_from={tmp_path / "at16"} is not read: the '
+                   r'checkpoint holds the run\)\.', caplog.text), caplog.text
+  assert 'Fine-tuning at 2x' not in caplog.text
   # Without init_from too: the checkpoint's width says it is a fine-tune (a shape error before).
-  code, out = run_train_py(tmp_path / 'at32', *SMALL_MODEL_FLAGS, '--config.image_size=32',
-                           '--config.total_steps=54', '--config.warmup_steps=5',
-                           '--config.learning_rate=2e-3')
-  assert code == 0 and 'Resumed from' in out and 'at step 52.' in out, out
-  assert 'token-mixing MLPs are 4 times model.tokens_mlp_dim=32 wide' in out, out
+  caplog.clear()
+  config.update(total_steps=54, init_from='')
+  trainer.train_and_evaluate(config, str(tmp_path / 'at32'))
+  assert 'Resumed from' in caplog.text and 'at step 52.' in caplog.text, caplog.text
+  assert 'token-mixing MLPs are 4 times model.tokens_mlp_dim=32 wide' in caplog.text
 
 
 def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
