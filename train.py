@@ -29,10 +29,12 @@ _DEFAULT_CONFIG = os.path.join(_HERE, 'configs', 'digits.py')
 
 
 sys.argv[:] = config_files.expand_home(sys.argv)
-config_files.exit_unless_loadable(sys.argv, _DEFAULT_CONFIG)  # before config_flags loads it
+_config = config_files.exit_unless_loadable(sys.argv, _DEFAULT_CONFIG)  # before config_flags
 try:  # config_flags applies --config.<field> overrides already here, at definition
-  config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (configs/*.py).',
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      'config', _DEFAULT_CONFIG, 'Config file (configs/*.py[:argument]). ' +
+      config_files.fields_help(_config, config_files.config_arg(sys.argv, _DEFAULT_CONFIG)),
+      lock_config=True)
 except (AttributeError, KeyError, TypeError) as e:  # TypeError: a path through a plain value
   config_files.exit_on_unknown_fields(sys.argv, None, e, _DEFAULT_CONFIG)
 _WORKDIR = flags.DEFINE_string(

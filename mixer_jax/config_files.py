@@ -42,7 +42,8 @@ def load(path_and_arg: str):
 
 
 def exit_unless_loadable(argv, default: str | None):
-  """Ends the program with one line when the --config file is missing or fails to build.
+  """The config that --config builds; ends the program with one line where the file is missing
+  or fails to build.
 
   Call it before ml_collections' config_flags parses the flag: it reports these as tracebacks
   or defers them to the first use of the config.
@@ -54,7 +55,7 @@ def exit_unless_loadable(argv, default: str | None):
     errors.exit_with(f'error: --config={path}: no such file. The recipes are the files in '
                      'configs/, e.g. --config=configs/digits.py.')
   try:
-    load(path)
+    return load(path)
   except Exception as e:  # the config file is the user's code: any error in it is theirs
     errors.exit_with(f'error: --config={path} cannot build its config: {type(e).__name__}: {e}')
 
@@ -72,6 +73,13 @@ def _field_names(config, prefix=''):
   for key, value in config.items():
     yield from (_field_names(value, f'{prefix}{key}.') if hasattr(value, 'items')
                 else [f'{prefix}{key}'])
+
+
+def fields_help(config, path: str) -> str:
+  """--help's list of the config's fields and their values: what --config.<field> can set."""
+  lines = [f'{name}: {lookup(config, name)!r}' for name in sorted(_field_names(config))]
+  return (f'The fields of {path}, each set with --config.<field>=<value> (the file documents '
+          'them):\n' + '\n'.join(lines))
 
 
 def exit_on_unknown_fields(argv, config, error, default: str | None):

@@ -1,5 +1,7 @@
 """Every recipe runs end to end on its real data pipeline, served by tfds.testing.mock_data."""
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -12,6 +14,7 @@ import tensorflow_datasets as tfds
 from configs import cifar10_scratch, digits, finetune, pretrain_imagenet, pretrain_imagenet21k
 from mixer_jax import checkpoints, config_files, input_pipeline, models, trainer
 from mixer_jax.errors import UserError
+from training import ROOT
 
 TFDS_DATASETS = ['cifar10', 'cifar100', 'oxford_iiit_pet', 'oxford_flowers102', 'imagenet2012']
 # The published class counts (the names come with the prepared data, which mock_data lacks).
@@ -122,6 +125,19 @@ def test_a_config_file_must_build_a_config_dict(tmp_path, returned, kind):
   with pytest.raises(TypeError, match=rf'get_config\(\) returned {kind}, not an '
                      r'ml_collections.ConfigDict'):
     config_files.load(str(path))
+
+
+def test_train_py_help_lists_the_fields_of_the_config_it_is_given():
+  run = subprocess.run([sys.executable, 'train.py', '--config=configs/finetune.py:B/16,cifar10',
+                        '--help'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert 'Traceback' not in run.stderr, run.stderr  # absl ends --help with status 1
+  help_text = ' '.join(run.stdout.split())  # absl wraps long lines
+  config = finetune.get_config('B/16,cifar10')
+  assert 'The fields of configs/finetune.py:B/16,cifar10, each set with --config.<field>=' in (
+      help_text)
+  for field in ('batch_size', 'learning_rate', 'model.remat', 'optimizer', 'total_steps'):
+    assert f'{field}: {config_files.lookup(config, field)!r}' in help_text
+  assert "dataset: 'cifar10'" in help_text and "variant: 'B/16'" in help_text
 
 
 def test_recipe_options_shrink_the_recipe():
