@@ -31,6 +31,10 @@ def load(path_and_arg: str):
   path, colon, arg = path_and_arg.partition(':')
   module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
   module.__loader__.exec_module(module)
+  if not callable(getattr(module, 'get_config', None)):
+    raise ValueError(f'{os.path.basename(path)} defines no get_config(), so it is not a recipe: '
+                     'give one of the files in configs/ that do, e.g. configs/digits.py, or '
+                     'write one like it.')
   if colon and not inspect.signature(module.get_config).parameters:
     raise ValueError(f'{os.path.basename(path)} takes no argument after ":" (got {arg!r}); its '
                      'settings are --config.<field>=<value>.')

@@ -110,6 +110,8 @@ def test_imagenet21k_recipe_trains_on_an_unverified_folder_and_skips_bad_files(t
     ('cifar10_scratch.py:4,smokey', r"unknown option 'smokey': the argument is PATCH"),
     ('digits.py:B/16', r'digits.py takes no argument after ":" \(got \'B/16\'\)'),
     ('digits.py:', r'digits.py takes no argument after ":" \(got \'\'\)'),
+    # A helper module, not a recipe: "module 'cfg' has no attribute 'get_config'" before.
+    ('smoke.py', r'smoke.py defines no get_config\(\), so it is not a recipe'),
 ])
 def test_a_recipe_refuses_an_argument_it_does_not_know(arg, message):
   # A misspelt `smoke` used to run the full recipe: hours instead of seconds.
