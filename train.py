@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from mixer_jax import config_files, host, paths, trainer
+from mixer_jax import config_files, host, lock, paths, trainer
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, 'configs', 'digits.py')
@@ -98,7 +98,7 @@ def _reporting_the_wait(index: int, count: int, address: str, timeout: int):
     signal.signal(signal.SIGINT, ctrl_c)
 
 
-def initialize_distributed():
+def initialize_distributed(workdir):
   """jax.distributed on a cluster JAX can detect, or with explicit coordinator flags."""
   address = _launch_setting(_COORDINATOR, 'JAX_COORDINATOR_ADDRESS', '')
   count = _launch_setting(_NUM_PROCESSES, 'JAX_NUM_PROCESSES', 1)
@@ -119,6 +119,9 @@ def initialize_distributed():
     raise errors.UserError(
         f'--num_processes={count} needs --coordinator_address=host:port of process 0 (or '
         '$JAX_COORDINATOR_ADDRESS).')
+  if address or detected:
+    with contextlib.suppress(*paths.storage_errors()):  # the trainer names storage problems
+      lock.WorkdirLock(workdir).refuse_if_held_on_this_host()
   try:
     if address:
       logging.info('Process %d of %d: waiting for all %d processes to connect to %s.', index,
@@ -148,7 +151,7 @@ def main(argv):
   config_path = flags.FLAGS['config'].config_filename
   name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
   workdir = paths.resolve(_WORKDIR.value or os.path.join('runs', name))
-  initialize_distributed()
+  initialize_distributed(workdir)
   host.keep_freed_memory_on_cpu()  # before the backend starts: ~1.25x faster CPU steps
   results = trainer.train_and_evaluate(flags.FLAGS.config, workdir)
   if jax.process_index() == 0:

@@ -96,6 +96,18 @@ class WorkdirLock:
         f'{holder["host"]}, started {started}, heartbeat {age:.0f} s ago. Let it finish or stop '
         f'it, or use another --workdir ({gone}).')
 
+  def refuse_if_held_on_this_host(self):
+    """Raises UserError where a live process on this host holds the lock.
+
+    For a process about to join a multi-process run: one that connects while its namesake's run
+    holds the workdir (the same command started twice) makes JAX's coordinator stop every
+    process of that run. A holder on another host is left to the lock itself: until its
+    heartbeat is stale it cannot be told from a run that crashed a moment ago.
+    """
+    holder = self._read()
+    if holder and holder.get('host') == self.record['host'] and self.holder_alive(holder):
+      self._refuse(holder)
+
   def __enter__(self):
     holder = self._read()
     if holder and self.holder_alive(holder):

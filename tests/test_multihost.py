@@ -1,14 +1,16 @@
 """Two processes (jax.distributed on 127.0.0.1, 2 CPU devices each) train like one process."""
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from mixer_jax import trainer
+from mixer_jax import lock, trainer
 from training import (ROOT, SMALL_MODEL_FLAGS, error_line, restore_params, run_train_py,
                       small_config)
 
@@ -113,3 +115,22 @@ def test_a_process_whose_peers_never_connect_stops_with_one_line(tmp_path):
       '--process_id from 0 to 1, check that every host reaches that address, or wait longer '
       'with --connect_timeout=SECONDS.'), out
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_process_started_again_while_its_run_holds_the_workdir_stops_before_connecting(
+    tmp_path):
+  """Before: it connected as its running namesake, and JAX's coordinator stopped every process
+  of that run with stack dumps."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  record = {'host': socket.gethostname(), 'pid': os.getpid(), 'token': 'running',
+            'started': time.time(), 'heartbeat': time.time()}  # this live test process holds it
+  (workdir / lock.FILE).write_text(json.dumps(record))
+  code, out = run_train_py(workdir, *FLAGS, f'--coordinator_address=127.0.0.1:{free_port()}',
+                           '--num_processes=2', '--process_id=1', '--connect_timeout=30',
+                           devices=2, timeout=60)
+  assert code == 1 and out.strip().splitlines()[-1].startswith(
+      f'error: {workdir} is in use by another run: process {os.getpid()} on host '
+      f'{socket.gethostname()}, started '), out
+  assert 'waiting for all 2 processes to connect' not in out
+  assert json.loads((workdir / lock.FILE).read_text()) == record
