@@ -1,6 +1,7 @@
 """Training and evaluation loop: data-parallel over every device, resumable from the workdir."""
 import contextlib
 import json
+import logging as std_logging
 import signal
 import time
 from typing import Any
@@ -108,6 +109,30 @@ class Preemption:
     if not self.multi_process:
       for s, handler in self.previous.items():
         signal.signal(s, handler)
+
+
+class _AboveTheBar(std_logging.Handler):
+  """Another handler's records printed above the progress bar, which is cleared for each and
+  drawn again after it: they ran on from the bar's line, leaving a piece of it at every log."""
+
+  def __init__(self, handler: std_logging.Handler):
+    super().__init__(handler.level)
+    self.handler = handler
+
+  def emit(self, record):
+    with tqdm.tqdm.external_write_mode():
+      self.handler.handle(record)
+
+
+@contextlib.contextmanager
+def logging_above_progress():
+  root = std_logging.getLogger()
+  handlers = root.handlers
+  root.handlers = [_AboveTheBar(h) for h in handlers]
+  try:
+    yield
+  finally:
+    root.handlers = handlers
 
 
 class MetricsLog:
@@ -396,7 +421,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
                        disable=jax.process_index() != 0, mininterval=1.0)
   unchecked, window, window_start = [], [], time.perf_counter()
   step, preempted = start_step, None
-  with Preemption() as preemption:
+  with Preemption() as preemption, logging_above_progress():
     try:
       for step in range(start_step + 1, config.total_steps + 1):
         state, metrics = train_step(state, next(train_iter), dropout_rng)

@@ -310,6 +310,9 @@ def test_default_digits_run_reaches_95_percent(tmp_path):
   assert accuracy >= 0.95
   assert json.loads((tmp_path / 'results.json').read_text())['test_accuracy'] == pytest.approx(
       accuracy, abs=1e-4)
+  # Log lines start lines of their own: they ran on from the progress bar's line.
+  assert 'step/s' in out
+  assert not re.findall(r'[^\n]([IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*)', out)
   assert time.time() - start < 300
 
 
