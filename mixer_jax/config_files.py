@@ -10,12 +10,15 @@ from mixer_jax import errors
 
 
 def config_arg(argv, default: str | None) -> str | None:
-  """The value of --config in argv ('path[:arg]'), else `default`."""
+  """The value of --config in argv ('path[:arg]'), else `default` as the user would write it
+  (relative to the working directory where it lies below it)."""
   for i, arg in enumerate(argv):
     if arg.startswith('--config='):
       return arg[len('--config='):]
     if arg == '--config' and i + 1 < len(argv):
       return argv[i + 1]
+  if default and not os.path.relpath(default).startswith(os.pardir):
+    return os.path.relpath(default)
   return default
 
 

@@ -138,7 +138,8 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 @pytest.mark.parametrize('flags, message', [
     # The config file and its fields.
-    (['--config.foo=1'], r'--config.foo: no such field in .*digits.py. Its fields are: .*batch_size'),
+    (['--config.foo=1'], r'--config.foo: no such field in configs/digits.py\. Its fields are: '
+                         r'.*batch_size'),
     (['--config.dataset.image_size=30'], r'--config.dataset.image_size: no such field'),
     (['--config', 'configs/finetune.py:B/16,cifar10', '--config.lr=1'],
      r'--config.lr: no such field in configs/finetune.py:B/16,cifar10. Its fields are: .*'
