@@ -26,7 +26,9 @@ import tensorflow as tf
 from mixer_jax import checkpoints, input_pipeline, models, paths
 from mixer_jax.errors import UserError
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Weights to classify with.', required=True)
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'Weights to classify with: a train.py workdir, one of its '
+    'checkpoints/<step> folders, an official .npz file or timm weights.')
 _LABELS = flags.DEFINE_string(
     'labels', None, 'Text file with one class name per line (default: the labels.txt of the '
     'train.py run the checkpoint is from).')
@@ -103,6 +105,9 @@ def read_labels(path, num_classes: int, what: str | None = None) -> list[str]:
 @errors.reported
 def main(argv):
   image_files = argv[1:]
+  if not _CHECKPOINT.value:  # absl's own message for a required flag names no choices
+    raise UserError('Give the weights to classify with: --checkpoint=WORKDIR (a train.py run), '
+                    'one of its checkpoints/<step> folders, an official .npz or timm weights.')
   if not image_files:
     raise UserError('Give one or more image files after the flags.')
   for path in image_files:  # before the weights, which can take minutes to load

@@ -144,7 +144,7 @@ def initialize_distributed(workdir):
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'Unexpected arguments: {" ".join(argv[1:])}: settings are '
-                           '--config.<field>=<value>.')
+                           '--config.<field>=<value>, the run\'s folder --workdir=DIR.')
   # orbax logs every step of every save at INFO; keep its warnings and errors only.
   logging.get_absl_logger().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)

@@ -372,10 +372,11 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
                    'block-diagonal copies.', factor, config.init_from, factor ** 2)
   learning_rate_fn = optim.create_learning_rate_fn(config)
   if config.warmup_steps >= config.total_steps:
+    peak = config.total_steps / config.warmup_steps
     logging.warning('warmup_steps=%d is not below total_steps=%d: the learning rate rises for the '
-                    'whole run, to %.3g of learning_rate=%g, and never decays. Lower '
-                    '--config.warmup_steps for a run this short.', config.warmup_steps,
-                    config.total_steps, config.total_steps / config.warmup_steps,
+                    'whole run, to %.3g (%.3g x learning_rate=%g) at its last step, and never '
+                    'decays. Lower --config.warmup_steps for a run this short.',
+                    config.warmup_steps, config.total_steps, peak * config.learning_rate, peak,
                     config.learning_rate)
   tx = optim.create_optimizer(config, learning_rate_fn)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
@@ -392,9 +393,10 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
                  f' (init_from={config.init_from} is not read: the checkpoint holds the run)'
                  if config.init_from else '')
     if changes:
-      logging.warning('This run continues with settings that differ from those it was started '
-                      'with (config.json, %s): %s. Use a new --workdir to start afresh instead.',
-                      'now updated' if trains else 'kept', '; '.join(changes))
+      logging.warning('%s with settings that differ from those it was started with '
+                      '(config.json, %s): %s. Use a new --workdir to start afresh instead.',
+                      *(('This run continues', 'now updated') if trains else
+                        ('This run\'s last checkpoint is evaluated', 'kept')), '; '.join(changes))
     if not trains:
       logging.warning('The checkpoint is at step %d, total_steps is %d: evaluating it without '
                       'training.', start_step, config.total_steps)

@@ -91,8 +91,15 @@ def test_a_missing_image_is_named_before_the_weights_are_read(tmp_path):
       f'error: {tmp_path / "cat.jpg"} is not a file: give JPEG, PNG, GIF, BMP or WebP files.')
 
 
+def test_predict_without_weights_says_which_it_takes(tmp_path):
+  code, out = _predict(tmp_path, str(tmp_path / 'cat.jpg'), checkpoint=None)
+  assert code == 1 and error_line(out).startswith(
+      'error: Give the weights to classify with: --checkpoint=WORKDIR (a train.py run), '), out
+
+
 def _predict(tmp_path, *args, checkpoint='run'):
+  weights = [f'--checkpoint={tmp_path / checkpoint}'] if checkpoint else []
   proc = subprocess.run(
-      [sys.executable, str(ROOT / 'predict.py'), f'--checkpoint={tmp_path / checkpoint}', *args],
+      [sys.executable, str(ROOT / 'predict.py'), *weights, *args],
       capture_output=True, text=True, timeout=120, cwd=ROOT)
   return proc.returncode, proc.stdout + proc.stderr

@@ -158,6 +158,8 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
     (['--num_processes=2', '--process_id=2'], r'--process_id=2 with --num_processes=2: give each '
                                               r'process an id from 0 to 1'),
     (['--workdir=/dev/null/run'], r'The workdir /dev/null/run cannot be created or written'),
+    (['runs/mine'], r'Unexpected arguments: runs/mine: settings are --config.<field>=<value>, '
+                    r"the run's folder --workdir=DIR\."),
     (['--config.init_from=/nowhere/Mixer-B_16.npz'], r'init_from=/nowhere/Mixer-B_16.npz does not '
                                                      r'exist: give an .npz, .pth'),
     (['--config.init_from=/etc/hostname'], r'init_from=/etc/hostname is a file of unknown kind'),
@@ -285,9 +287,11 @@ def test_a_resume_names_changed_settings_and_a_run_past_total_steps_keeps_its_st
   assert (tmp_path / 'run' / 'checkpoints' / '10').is_dir()  # ~ is the home folder
   config.update(dict(total_steps=5, learning_rate=0.01))
   results = trainer.train_and_evaluate(config, '~/run')
-  assert 'learning_rate: 0.003 -> 0.01; total_steps: 10 -> 5' in caplog.text
+  assert ("This run's last checkpoint is evaluated with settings that differ from those it was "
+          'started with (config.json, kept): learning_rate: 0.003 -> 0.01; total_steps: 10 -> 5'
+          ) in caplog.text
   assert ('warmup_steps=10 is not below total_steps=5: the learning rate rises for the whole '
-          'run, to 0.5 of learning_rate=0.01') in caplog.text
+          'run, to 0.005 (0.5 x learning_rate=0.01) at its last step') in caplog.text
   assert 'The checkpoint is at step 10, total_steps is 5: evaluating it without training' in (
       caplog.text)
   assert results['step'] == 10
