@@ -84,7 +84,8 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str]) -> None:
   def define(values):
-    flags.DEFINE_string('out', '.', 'Folder for curves.png and curves.json.', flag_values=values)
+    flags.DEFINE_string('out', 'runs/curves', 'Folder for curves.png and curves.json.',
+                        flag_values=values)
   values, workdirs = study.parse_flags(argv, __doc__, define, takes_arguments=True)
   if not workdirs:
     raise UserError('Give one or more workdirs, e.g. python studies/curves.py runs/digits.')

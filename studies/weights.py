@@ -141,7 +141,8 @@ def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_integer('columns', 32, 'Maps per row (even, so that pairs share a row).',
                        lower_bound=2, flag_values=values)
   flags.register_validator('columns', _even, flag_values=values)
-  flags.DEFINE_string('out', '.', 'Folder for weights.png and weights.json.', flag_values=values)
+  flags.DEFINE_string('out', 'runs/weights', 'Folder for weights.png and weights.json.',
+                      flag_values=values)
 
 
 def main(argv: Sequence[str]) -> None:
