@@ -186,12 +186,16 @@ def local_rounds(run_step: Callable, sync_every_step: bool) -> Callable[[int], f
 
 
 def time_rounds(run_rounds: dict[str, Callable[[int], float]], num_steps: int,
-                repeats: int) -> dict[str, float]:
-  """Seconds per step of each implementation: fastest of `repeats` rounds, taking turns."""
-  best = {name: float('inf') for name in run_rounds}
-  for _ in range(repeats):
+                repeats: int, progress: str | None = None) -> dict[str, float]:
+  """Seconds per step of each implementation: fastest of `repeats` rounds, taking turns.
+  With `progress`, a line after each round (rounds on a CPU can take a minute)."""
+  best, start = {name: float('inf') for name in run_rounds}, time.perf_counter()
+  for i in range(repeats):
     for name, run_round in run_rounds.items():
       best[name] = min(best[name], run_round(num_steps) / num_steps)
+    if progress:
+      print(f'{progress}: round {i + 1} of {repeats} timed ({len(run_rounds)} programs, '
+            f'{num_steps} steps each, {time.perf_counter() - start:.0f} s)', flush=True)
   return best
 
 
@@ -491,7 +495,8 @@ def measure(variant: Variant, mode: str, batch_size: int,
     num_steps = 3 if on_cpu else int(min(max(0.3 / slowest, 5), 100))
   per_image = (flops.train_step_flops if mode == 'train' else flops.forward_flops)(
       variant.plain, _RESOLUTION.value)
-  seconds = time_rounds(run_rounds, num_steps, _REPEATS.value)
+  seconds = time_rounds(run_rounds, num_steps, _REPEATS.value,
+                        progress=f'{variant.name} batch {batch_size} {mode}')
   matmul_rate = matmul[1] / seconds.pop('matmul')
   for child in children:
     child.close()
