@@ -111,6 +111,8 @@ def main(argv):
   if not image_files:
     raise UserError('Give one or more image files after the flags.')
   for path in image_files:  # before the weights, which can take minutes to load
+    if not paths.resolve(path).exists():
+      raise UserError(f'{path} does not exist: give JPEG, PNG, GIF, BMP or WebP files.')
     if not paths.resolve(path).is_file():
       raise UserError(f'{path} is not a file: give JPEG, PNG, GIF, BMP or WebP files.')
   logging.set_verbosity(logging.WARNING)  # the output is the classes, not orbax's progress

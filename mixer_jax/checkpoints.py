@@ -298,6 +298,10 @@ def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:
   with reader(folder) as checkpoints:
     step = checkpoints.latest_step() if step is None else step
     if step is None:
+      run = folder.parent if folder.name == 'checkpoints' else folder
+      if (run / 'config.json').exists():  # a train.py run, stopped before its first checkpoint
+        raise UserError(f'{what} is a run that has saved no checkpoint yet (train.py saves one '
+                        f'every checkpoint_every steps and when stopped): {WEIGHT_KINDS}.')
       raise UserError(f'{what} holds no checkpoint: {WEIGHT_KINDS}.')
     try:
       # Parameters only, as NumPy arrays: the optimiser state stays on disk.

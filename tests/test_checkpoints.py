@@ -262,6 +262,12 @@ def empty_folder(path):
   return path / 'run'
 
 
+def run_before_its_first_checkpoint(path):
+  (path / 'run' / 'checkpoints').mkdir(parents=True)
+  (path / 'run' / 'config.json').write_text('{}')
+  return path / 'run'
+
+
 @pytest.mark.parametrize('make, message', [
     (lambda path: path / 'nowhere.npz', r'init_from=.*nowhere.npz does not exist: give an .npz'),
     (text_file, r'init_from=.*notes.txt is a file of unknown kind: give an .npz'),
@@ -273,6 +279,8 @@ def empty_folder(path):
                  r'file ends early', marks=pytest.mark.skipif(
                      importlib.util.find_spec('torch') is None, reason='needs torch')),
     (empty_folder, r'init_from=.*run holds no checkpoint: give an .npz'),
+    (run_before_its_first_checkpoint, r'init_from=.*run is a run that has saved no checkpoint '
+                                      r'yet \(train.py saves one every checkpoint_every steps'),
 ])
 def test_weights_of_the_wrong_kind_are_one_clear_error(tmp_path, make, message):
   """What init_from and predict.py's --checkpoint are given: a traceback for most before."""

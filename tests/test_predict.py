@@ -88,7 +88,7 @@ def test_a_missing_image_is_named_before_the_weights_are_read(tmp_path):
   (tmp_path / 'run').mkdir()  # weights that would fail to load: no checkpoint in it
   code, out = _predict(tmp_path, str(tmp_path / 'cat.jpg'))
   assert code == 1 and error_line(out) == (
-      f'error: {tmp_path / "cat.jpg"} is not a file: give JPEG, PNG, GIF, BMP or WebP files.')
+      f'error: {tmp_path / "cat.jpg"} does not exist: give JPEG, PNG, GIF, BMP or WebP files.')
 
 
 def test_predict_without_weights_says_which_it_takes(tmp_path):
