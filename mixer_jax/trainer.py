@@ -397,9 +397,10 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
                       '(config.json, %s): %s. Use a new --workdir to start afresh instead.',
                       *(('This run continues', 'now updated') if trains else
                         ('This run\'s last checkpoint is evaluated', 'kept')), '; '.join(changes))
-    if not trains:
-      logging.warning('The checkpoint is at step %d, total_steps is %d: evaluating it without '
-                      'training.', start_step, config.total_steps)
+    if not trains:  # a finished run started again: news only if its settings changed
+      (logging.warning if changes else logging.info)(
+          'The checkpoint is at step %d, total_steps is %d: evaluating it without training.',
+          start_step, config.total_steps)
   elif init_params is not None:
     params = ckpt.adapt(init_params, jax.device_get(state.params), factor)
     state = state.replace(params=jax.device_put(params, NamedSharding(mesh, P())))

@@ -31,6 +31,9 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
   if not os.path.isfile(path):
     if os.path.isfile(os.path.join(workdir, 'config.json')):  # started, nothing logged yet
       return {}
+    if os.path.basename(os.path.normpath(workdir)) == 'metrics.jsonl':
+      raise UserError(f'{workdir}: give the run\'s folder, {os.path.dirname(workdir) or "."}, '
+                      'rather than its metrics.jsonl.')
     raise UserError(f'{workdir} has no metrics.jsonl: give the workdirs of train.py runs.')
   by_split = {}
   with open(path) as f:

@@ -104,18 +104,23 @@ def plot(rows: list[dict], recipe):
 
 def main(argv: Sequence[str]) -> None:
   values, _ = study.parse_flags(argv, __doc__, lambda v: define_flags(v, argv))
-  seeds = study.int_list(values.seeds, 'seeds', minimum=0)
+  seeds = study.int_list(values.seeds, 'seeds', minimum=0, unique=True)
   recipe = study.recipe(values)
-  rows = []
-  for name, (config, build) in model_configs(recipe, values).items():
-    accuracies = []
+  models = model_configs(recipe, values)
+  if not models:
+    raise UserError('No models to train: give --mixers=BLOCKSxWIDTH,... or '
+                    '--resnets=UNITSxWIDTH,... (or both).')
+  runs = {}  # (model, seed): (config, workdir), all checked before the first trains
+  for name, (config, _) in models.items():
     for seed in seeds:
-      workdir = os.path.join(values.workdir, f'{name}_seed{seed}')
-      print(f'Training {name} with seed {seed} in {workdir}', flush=True)
       run = copy.deepcopy(config)
       run.seed = seed
-      results = study.train(run, workdir, build)
-      accuracies.append(results[f'{recipe.eval_split}_accuracy'])
+      runs[name, seed] = (run, os.path.join(values.workdir, f'{name}_seed{seed}'))
+  study.refuse_changed_runs(list(runs.values()))
+  rows = []
+  for name, (config, build) in models.items():
+    accuracies = [study.train(*runs[name, seed], build, f'{name}, seed {seed}')[
+        f'{recipe.eval_split}_accuracy'] for seed in seeds]
     rows.append({'model': name, 'family': 'Mixer' if name.startswith('mixer') else 'ResNet',
                  'params': parameter_count(config, build), 'mean': float(np.mean(accuracies)),
                  'std': float(np.std(accuracies, ddof=1)) if len(seeds) > 1 else 0.0,

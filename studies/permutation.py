@@ -20,7 +20,7 @@ gives on `patch_pixel` images the logits it gives on the originals.
 what a trained model does with inputs it never saw shuffled (a Mixer breaks, like the ResNet),
 next to the Mixer with its weights permuted. Runs land in <workdir>/<model>_<permutation>, and a
 rerun reuses finished runs of the same settings; permutation.png and permutation.json go to
-<workdir>.
+<workdir> (permutation_test_only.png and .json with --shuffle=test_only).
 """
 import copy
 import os
@@ -114,12 +114,15 @@ def weight_permutation_check(config, params) -> dict:
           'accuracy_patch_pixel_weights_unchanged': accuracy(unabsorbed)}
 
 
+def run_dir(values, model: str, kind: str) -> str:
+  return os.path.join(values.workdir, f'{model}_{kind}')
+
+
 def train(values, recipe, model: str, kind: str, patch_size: int) -> tuple[dict, dict]:
   """(final results, metrics) of one run, trained now or found finished in its workdir."""
-  workdir = os.path.join(values.workdir, f'{model}_{kind}')
-  print(f'{LABELS[model]} on {kind} data: {workdir}', flush=True)
-  config = run_config(recipe, values, kind, patch_size)
-  results = study.train(config, workdir, BUILDERS[model])
+  workdir = run_dir(values, model, kind)
+  results = study.train(run_config(recipe, values, kind, patch_size), workdir, BUILDERS[model],
+                        f'{LABELS[model]} on {kind} data')
   return results, curves.read_metrics(workdir)
 
 
@@ -152,7 +155,7 @@ def train_and_test(values, recipe, models, kinds, patch_size) -> tuple:
       rows.append({'model': model, 'permutation': kind,
                    'accuracy': results[f'{recipe.eval_split}_accuracy']})
     if model == 'mixer' and 'original' in kinds:
-      params = checkpoints.load_params(os.path.join(values.workdir, 'mixer_original'))
+      params = checkpoints.load_params(run_dir(values, 'mixer', 'original'))
       check = weight_permutation_check(run_config(recipe, values, 'original', patch_size), params)
 
   figure = study.new_figure(8, 6)
@@ -180,7 +183,7 @@ def test_only(values, recipe, models, kinds, patch_size) -> tuple:
   num_classes = input_pipeline.num_classes(recipe)
   for model in models:
     train(values, recipe, model, 'original', patch_size)
-    params = checkpoints.load_params(os.path.join(values.workdir, f'{model}_original'),
+    params = checkpoints.load_params(run_dir(values, model, 'original'),
                                      mixer=model == 'mixer')
     net = BUILDERS[model](run_config(recipe, values, 'original', patch_size), num_classes)
     state = replicated_state(net, params, mesh)
@@ -223,6 +226,9 @@ def main(argv: Sequence[str]) -> None:
   [shuffle] = study.split_list(values.shuffle, SHUFFLES, 'shuffle')
   recipe = study.recipe(values)
   patch_size = trainer.build_model(recipe, 1).patch_size  # patch_pixel uses the Mixer's patches
+  trained = kinds if shuffle == 'train_and_test' else ['original']
+  study.refuse_changed_runs([(run_config(recipe, values, kind, patch_size),
+                              run_dir(values, model, kind)) for model in models for kind in trained])
   figure, rows, check, text = (train_and_test if shuffle == 'train_and_test' else test_only)(
       values, recipe, models, kinds, patch_size)
   if check:

@@ -137,7 +137,7 @@ def plot(rows: list[dict], title: str):
 
 def main(argv: Sequence[str]) -> None:
   values, _ = study.parse_flags(argv, __doc__, define_flags)
-  resolutions = sorted(set(study.int_list(values.resolutions, 'resolutions')))
+  resolutions = sorted(study.int_list(values.resolutions, 'resolutions', unique=True))
   batch_sizes = study.int_list(values.batch_sizes, 'batch_sizes')
   if values.dtype not in ('float32', 'bfloat16'):
     raise UserError(f'Unknown --dtype={values.dtype}: use float32 or bfloat16.')
@@ -149,7 +149,8 @@ def main(argv: Sequence[str]) -> None:
     for batch_size in batch_sizes:
       rounds = {name: inference_rounds(model, resolution, batch_size)
                 for name, (model, _) in built.items()}
-      seconds = throughput.time_rounds(rounds, values.steps, values.repeats)
+      seconds = throughput.time_rounds(rounds, values.steps, values.repeats,
+                                       progress=f'{resolution} px, batch {batch_size}')
       per_batch[batch_size] = {name: batch_size / s for name, s in seconds.items()}
     for name, (model, forward) in built.items():
       speeds = {b: per_batch[b][name] for b in batch_sizes}
@@ -176,7 +177,9 @@ def main(argv: Sequence[str]) -> None:
                                     'best_batch', 'images_per_sec', 'gflops_per_image'])
           + f'\nGrowth between the two largest resolutions ({described}); time per image ~ '
           'tokens^k:\n' + study.format_table(exponents, ['model', 'time_exponent',
-                                                         'flops_exponent']))
+                                                         'flops_exponent'])
+          + ('' if len(resolutions) > 1 else
+             '\n(No growth from one resolution: give two or more, as --resolutions=224,448.)'))
   table = {'setup': described, 'variant': values.variant, 'hidden_dim': first.hidden_dim,
            'num_blocks': first.num_blocks, 'patch_size': first.patch_size,
            'dtype': values.dtype, 'device': device.device_kind, 'backend': jax.default_backend(),

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 matplotlib.use('Agg')  # files only, no display
 from matplotlib.figure import Figure  # noqa: E402
 
-from mixer_jax import errors, paths, trainer  # noqa: E402
+from mixer_jax import checkpoints, errors, paths, trainer  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,15 +76,30 @@ def recipe(values: flags.FlagValues):
     raise UserError(f'Cannot load the recipe: {str(e).strip().splitlines()[-1].strip()}.') from e
 
 
-def train(config, workdir: str, build) -> dict[str, Any]:
-  """One run of a study: trained now, resumed, or found finished in `workdir`.
+def refuse_changed_runs(runs: Sequence[tuple[Any, str]]) -> None:
+  """Every (config, workdir) a study plans, checked before the first one trains.
 
   A run there with other settings is another experiment: reusing it would mix the two.
   """
-  changes = trainer.config_changes(paths.resolve(workdir), config)
-  if changes:
-    raise UserError(f'{workdir} holds a run with other settings ({"; ".join(changes)}): give '
-                    'this study another --workdir, or delete that run to train it again.')
+  for config, workdir in runs:
+    changes = trainer.config_changes(paths.resolve(workdir), config)
+    if changes:
+      raise UserError(f'{workdir} holds a run with other settings ({"; ".join(changes)}): give '
+                      'this study another --workdir, or delete that run to train it again.')
+
+
+def train(config, workdir: str, build, what: str) -> dict[str, Any]:
+  """One run of a study (checked by refuse_changed_runs): trained now, resumed, or found
+  finished in `workdir`, and a line saying which."""
+  with checkpoints.reader(paths.resolve(workdir) / 'checkpoints') as found:
+    step = found.latest_step()
+  if step is None:
+    doing = 'training'
+  elif step < config.total_steps:
+    doing = f'resuming from step {step} of {config.total_steps}'
+  else:
+    doing = f'finished at step {step}, evaluating it again'
+  print(f'{what}: {doing} in {workdir}', flush=True)
   return trainer.train_and_evaluate(config, workdir, build)
 
 
@@ -98,8 +113,9 @@ def split_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
   return names
 
 
-def int_list(texts: Sequence[str], flag: str, minimum: int = 1) -> list[int]:
-  """The integers of a list flag, each at least `minimum`."""
+def int_list(texts: Sequence[str], flag: str, minimum: int = 1,
+             unique: bool = False) -> list[int]:
+  """The integers of a list flag, each at least `minimum` (and each once, if `unique`)."""
   try:
     numbers = [int(t) for t in texts]
   except ValueError:
@@ -107,6 +123,10 @@ def int_list(texts: Sequence[str], flag: str, minimum: int = 1) -> list[int]:
   if not numbers or min(numbers) < minimum:
     raise UserError(f'--{flag} takes integers of at least {minimum} separated by commas, not '
                     f'{",".join(texts)!r}.')
+  repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+  if unique and repeated:
+    raise UserError(f'--{flag} lists {", ".join(map(str, repeated))} more than once: give each '
+                    'once.')
   return numbers
 
 

@@ -81,6 +81,9 @@ def test_a_folder_without_metrics_stops_the_command_with_one_line(tmp_path):
   (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "split": "train"}\nnot json\n')
   with pytest.raises(UserError, match=r'metrics.jsonl, line 2, is not a metrics record'):
     curves.main(['curves.py', str(tmp_path)])
+  with pytest.raises(UserError, match=rf"metrics.jsonl: give the run's folder, {tmp_path}, "
+                                      'rather than its metrics.jsonl'):
+    curves.main(['curves.py', str(tmp_path / 'metrics.jsonl')])
 
 
 # --- Input permutations (section 3.4) ---
@@ -129,14 +132,16 @@ def test_shuffling_only_at_test_time_reuses_the_original_runs(permutation_workdi
   read_png(permutation_workdir / 'permutation_test_only.png', (8, 4.2))
 
 
-def test_a_rerun_with_other_settings_does_not_extend_the_runs_it_finds(permutation_workdir):
+def test_a_rerun_with_other_settings_is_refused_before_any_run_trains(permutation_workdir):
   recipe = [f for f in TINY_RECIPE if 'total_steps' not in f] + ['--config.total_steps=4']
+  # mixer_patch_pixel is new and first in line: before, it trained, then mixer_original refused.
   with pytest.raises(UserError, match=r'mixer_original holds a run with other settings \('
                                       r'total_steps: 2 -> 4\): give this study another --workdir'):
     permutation.main(['permutation.py', f'--workdir={permutation_workdir}', *recipe,
                       '--resnet_width=4', '--resnet_stage_sizes=1', '--seed=3',
-                      '--permutations=original,global'])
+                      '--permutations=patch_pixel,original,global'])
   assert [p.name for p in (permutation_workdir / 'mixer_original' / 'checkpoints').iterdir()] == ['2']
+  assert not (permutation_workdir / 'mixer_patch_pixel').exists()
 
 
 @pytest.mark.parametrize('flag,message', [
@@ -345,6 +350,7 @@ def test_scaling_options_that_cannot_work_are_one_line_errors(tmp_path):
   for arguments, message in [(['--resolutions=224,abc'], '--resolutions takes integers of at least 1'),
                              (['--variant=Q/7'], "Unknown Mixer variant 'Q/7'"),
                              (['--resolutions=100'], 'Resolution 100 is not a multiple of the patch size 16'),
+                             (['--resolutions=224,448,224'], '--resolutions lists 224 more than once'),
                              (['--dtype=int8'], 'Unknown --dtype=int8')]:
     with pytest.raises(UserError, match=message):
       scaling.main(['scaling.py', *arguments, f'--out={tmp_path}'])
@@ -386,12 +392,22 @@ def test_ctrl_c_stops_a_study_as_a_whole_with_its_run_checkpointed(tmp_path):
       f'on SIGINT; the checkpoint is saved in {tmp_path / "mixer_1x8_seed0"}.' in err)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['mixer_1x8_seed0']
   assert list((tmp_path / 'mixer_1x8_seed0' / 'checkpoints').iterdir())
+  stopped_at = int(re.search(r'Stopped at step (\d+)', err).group(1))
+  proc = subprocess.Popen(proc.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True)
+  try:  # the same command again says it resumes, before it trains on
+    first_line = proc.stdout.readline()
+  finally:
+    proc.kill()
+  assert first_line == (f'mixer_1x8, seed 0: resuming from step {stopped_at} of 100000 in '
+                        f'{tmp_path / "mixer_1x8_seed0"}\n')
 
 
-def test_from_scratch_study_repeats_each_model_over_seeds(tmp_path):
+def test_from_scratch_study_repeats_each_model_over_seeds(tmp_path, capsys):
   arguments = ['from_scratch.py', f'--workdir={tmp_path}', *TINY_RECIPE, '--mixers=1x8',
                '--resnets=', '--seeds=0,1']
   from_scratch.main(arguments)  # ResNets train in the permutation study's test
+  assert f'mixer_1x8, seed 1: training in {tmp_path / "mixer_1x8_seed1"}\n' in capsys.readouterr().out
   rows = {r['model']: r for r in read_json(tmp_path / 'from_scratch.json')['results']}
   # The recipe's ratios D_S = C/2 and D_C = C; 16 tokens of 2x2x3 pixels; 10 classes.
   mixer_params = lambda blocks, c: (12 * c + c) + blocks * (
@@ -406,6 +422,11 @@ def test_from_scratch_study_repeats_each_model_over_seeds(tmp_path):
   seeds = [read_json(tmp_path / f'mixer_1x8_seed{s}' / 'config.json')['seed'] for s in (0, 1)]
   assert seeds == [0, 1]
   read_png(tmp_path / 'from_scratch.png', (7, 4.2))
+  from_scratch.main(arguments)  # again: the finished runs are reused, and it says so
+  assert (f'mixer_1x8, seed 0: finished at step 2, evaluating it again in '
+          f'{tmp_path / "mixer_1x8_seed0"}\n') in capsys.readouterr().out
+  assert read_json(tmp_path / 'from_scratch.json')['results'] == [rows['mixer_1x8']]
+  assert [p.name for p in (tmp_path / 'mixer_1x8_seed0' / 'checkpoints').iterdir()] == ['2']
 
   values, _ = study.parse_flags(arguments[:-3] + ['--mixers=2x4', '--resnets=1x4,2x8'], '',
                                 lambda v: from_scratch.define_flags(v, arguments))
@@ -413,3 +434,14 @@ def test_from_scratch_study_repeats_each_model_over_seeds(tmp_path):
   assert from_scratch.parameter_count(*built['mixer_2x4']) == mixer_params(2, 4)
   for spec, (units, width) in (('1x4', (1, 4)), ('2x8', (2, 8))):
     assert from_scratch.parameter_count(*built[f'resnet_{spec}']) == resnet_params(units, width, 10)
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['--mixers=', '--resnets='], r'No models to train: give --mixers=BLOCKSxWIDTH'),
+    (['--seeds=0,1,0'], r'--seeds lists 0 more than once: give each once'),  # a fake spread
+    (['--mixers=4x'], r'--mixers takes BLOCKSxWIDTH entries such as 4x128'),
+])
+def test_from_scratch_options_that_cannot_work_are_one_line_errors(tmp_path, arguments, message):
+  with pytest.raises(UserError, match=message):
+    from_scratch.main(['from_scratch.py', f'--workdir={tmp_path}', *TINY_RECIPE, *arguments])
+  assert list(tmp_path.iterdir()) == []
