@@ -328,10 +328,15 @@ def model_kwargs(params) -> dict[str, Any]:
               resolution=grid * stem.shape[0])
 
 
-def resolution_factor(params, image_size: int) -> int:
-  """K such that a model at `image_size` is the K x K expansion of `params` (1: same size)."""
+def resolution_factor(params, image_size: int, patch_size: int) -> int:
+  """K such that a model of `patch_size` at `image_size` is the K x K expansion of `params`
+  (1: same size)."""
   kw = model_kwargs(params)
   old, patch = kw['resolution'], kw['patch_size']
+  if patch != patch_size:  # else the token counts differ and it looks like a resolution change
+    raise UserError(f'The weights have {patch}x{patch} patches, the model the config describes '
+                    f'{patch_size}x{patch_size}: set --config.model.patch_size={patch}, or the '
+                    'variant the weights were trained with.')
   if image_size % old:
     raise UserError(
         f'The weights were trained at {old}x{old} (patch {patch}): a model at {image_size}x'

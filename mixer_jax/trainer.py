@@ -316,6 +316,12 @@ def config_changes(workdir: epath.Path, config) -> list[str]:
   return [f'{k}: {a!r} -> {b!r}' for k, a, b in differences(old, flat_settings(config))]
 
 
+def started_from(workdir: epath.Path) -> str:
+  """The init_from of the run in `workdir` ('' where it started from scratch)."""
+  saved = workdir / 'config.json'
+  return json.loads(saved.read_text()).get('init_from', '') if saved.exists() else ''
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
                        build=build_model) -> dict[str, Any]:
   """Trains to `config.total_steps`, resuming from the newest checkpoint in `workdir`.
@@ -349,8 +355,10 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   with ckpt.reader(workdir / 'checkpoints') as found:
     resuming = found.latest_step() is not None
     resumed_width = ckpt.token_mixing_width(found) if resuming else None
+  if resuming and not config.init_from:  # config.json keeps the weights the run started from
+    config = config.copy_and_resolve_references()
+    config.init_from = started_from(workdir)
   init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
-  factor = ckpt.resolution_factor(init_params, config.image_size) if init_params else 1
   data = data_source(config)
   if data is synthetic:
     class_names, num_classes = None, synthetic.num_classes(config)
@@ -359,9 +367,11 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     num_classes = len(class_names)
     data.check_eval_split(config)  # a missing or inconsistent one, now rather than later
   model = build(config, num_classes)
+  factor = ckpt.resolution_factor(init_params, config.image_size, model.patch_size) if (
+      init_params) else 1
   if resumed_width:  # None where the checkpoint holds another model (a study's baseline)
     factor = ckpt.expansion(resumed_width, model.tokens_mlp_dim)
-    if factor > 1 and not config.init_from:
+    if factor > 1:
       logging.info('The checkpoint\'s token-mixing MLPs are %d times model.tokens_mlp_dim=%d wide: '
                    'resuming a fine-tune at %dx the resolution of its weights.', factor ** 2,
                    model.tokens_mlp_dim, factor)

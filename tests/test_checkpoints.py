@@ -179,9 +179,13 @@ def test_expanded_model_on_a_mosaic_averages_the_original_logits(params):
 
 
 def test_resolution_that_is_not_a_multiple_is_a_clear_error(params):
-  assert checkpoints.resolution_factor(params, 48) == 3
+  assert checkpoints.resolution_factor(params, 48, 4) == 3
   with pytest.raises(UserError, match=r'trained at 16x16 \(patch 4\).*24x24.*32, 48, 64'):
-    checkpoints.resolution_factor(params, 24)
+    checkpoints.resolution_factor(params, 24, 4)
+  # Patch 8 at 32 px has the weights' 16 tokens: before, a "2x" expansion, then wrong shapes.
+  with pytest.raises(UserError, match=r'The weights have 4x4 patches, the model the config '
+                                      r'describes 8x8: set --config.model.patch_size=4'):
+    checkpoints.resolution_factor(params, 32, 8)
 
 
 def test_adapt_replaces_the_head_only_when_the_class_count_differs(params, caplog):

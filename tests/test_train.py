@@ -362,8 +362,12 @@ def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path, caplog):
   caplog.clear()
   config.update(total_steps=54, init_from='')
   trainer.train_and_evaluate(config, str(tmp_path / 'at32'))
-  assert 'Resumed from' in caplog.text and 'at step 52.' in caplog.text, caplog.text
+  assert 'Resumed from' in caplog.text and 'at step 52 (init_from=' in caplog.text, caplog.text
   assert 'token-mixing MLPs are 4 times model.tokens_mlp_dim=32 wide' in caplog.text
+  # The run's record still names the weights it started from (before: init_from -> '').
+  saved = json.loads((tmp_path / 'at32' / 'config.json').read_text())
+  assert saved['init_from'] == str(tmp_path / 'at16') and saved['total_steps'] == 54
+  assert 'init_from:' not in caplog.text
 
 
 def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
