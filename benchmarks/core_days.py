@@ -1,7 +1,7 @@
 """Device-days a training recipe takes, next to the paper's TPUv3 core-days.
 
   python benchmarks/core_days.py --config=configs/pretrain_imagenet.py:B/16 \\
-      --images_per_sec_per_core=1384
+      --images_per_sec_per_core=400   # your device's training images/s (throughput.py)
   python benchmarks/core_days.py --config=configs/finetune.py:B/16,cifar10 --measure
 
 Training time is steps x global batch / (per-device training throughput x devices); device-days
@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
-from mixer_jax import config_files, errors  # noqa: E402
+from mixer_jax import config_files, errors, models  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 
 config_files.exit_unless_loadable(sys.argv, None)  # before config_flags loads it
@@ -75,6 +75,7 @@ def main(argv):
   if not config.get('variant'):
     raise UserError(f'--config={flags.FLAGS["config"].config_filename} has no Table 1 variant '
                     '(config.variant): nothing to compare.')
+  models.create_model(config.variant)  # an unknown one is an error naming the seven
   if (_THROUGHPUT.value is None) == (not _MEASURE.value):
     raise UserError('Give exactly one of --images_per_sec_per_core=N and --measure.')
   if _THROUGHPUT.value is not None and _THROUGHPUT.value <= 0:

@@ -67,7 +67,8 @@ def main(argv):
   jpegs = generate_jpegs(_NUM_IMAGES.value)
   config = pretrain_imagenet.get_config('B/16')
   config.image_size = _IMAGE_SIZE.value
-  settings = [(_LAYERS.value, _MAGNITUDE.value)] + ([(0, 0)] if _LAYERS.value else [])
+  settings = [(_LAYERS.value, _MAGNITUDE.value)] if _LAYERS.value else []
+  settings.append((0, 0))  # the decode and resize alone, for comparison
   for layers, magnitude in settings:
     config.randaug_layers, config.randaug_magnitude = layers, magnitude
     rate = images_per_sec(config, jpegs, _SECONDS.value)

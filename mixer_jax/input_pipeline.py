@@ -115,11 +115,16 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   read once a process: the class count, the training stream and every evaluation reuse it.
   """
   root = str(paths.resolve(root))
-  layout = ('Expected <data_dir>/train/<class>/*.jpg|png|... and <data_dir>/test/<class>/...; '
-            'set --config.data_dir to that folder.')
+  evaluated = f'<data_dir>/{split}/<class>/... (--config.eval_split)' if split != 'train' else (
+      '<data_dir>/test/<class>/...')
+  layout = (f'Expected <data_dir>/train/<class>/*.jpg|png|... and {evaluated}; set '
+            '--config.data_dir to that folder.')
+  if os.path.basename(root.rstrip('/')) in ('train', split):  # a split folder given
+    layout += f' Its parent, {os.path.dirname(root.rstrip("/"))}, may be the one.'
   for folder in (root, os.path.join(root, split), os.path.join(root, 'train')):
     if not tf.io.gfile.isdir(folder):
-      raise UserError(f'Image folder {folder} does not exist. {layout}')
+      what = 'is a file, not a folder' if tf.io.gfile.exists(folder) else 'does not exist'
+      raise UserError(f'Image folder {folder} {what}. {layout}')
     if not paths.is_url(folder) and not os.access(folder, os.R_OK | os.X_OK):
       raise UserError(f'Image folder {folder} is not readable by this user: fix its permissions.')
   class_folders = lambda split_dir: sorted(  # hidden ones (.ipynb_checkpoints) are not classes

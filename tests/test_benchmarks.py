@@ -273,6 +273,8 @@ def test_core_days_and_input_pipeline_flags_are_checked_before_anything_runs():
       ('core_days.py', [recipe, '--config.lr=1', '--measure'], '--config.lr: no such field'),
       ('core_days.py', ['--config=configs/nope.py', '--measure'], 'no such file'),
       ('core_days.py', ['--config=configs/digits.py', '--measure'], 'has no Table 1 variant'),
+      ('core_days.py', ['--config=configs/pretrain_imagenet.py:X/9', '--measure'],
+       "Unknown Mixer variant 'X/9': choose one of S/32"),
       ('input_pipeline.py', ['--json_out=/nowhere/out.jsonl'], 'cannot be written')):
     run = subprocess.run([sys.executable, f'benchmarks/{script}', *flags], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -165,8 +165,20 @@ def empty_class_folder(root):
   return root
 
 
+def a_file(root):
+  (root / 'notes.txt').write_text('not images')
+  return root / 'notes.txt'
+
+
+def the_training_split(root):
+  return root / 'train'
+
+
 @pytest.mark.parametrize('damage, message', [
-    (missing_root, r'nowhere does not exist. Expected <data_dir>/train/<class>'),
+    (missing_root, r'nowhere does not exist. Expected <data_dir>/train/<class>/\S+ and '
+                   r'<data_dir>/test/<class>/\.\.\. \(--config.eval_split\)'),
+    (a_file, r'notes.txt is a file, not a folder\. Expected'),
+    (the_training_split, r'train/test does not exist\. .* Its parent, .*/\w+, may be the one'),
     (class_unknown_to_train,
      r"Class folder 'lion' .* missing from the training split \(cat, dog, fox\)"),
     (empty_class_folder,
