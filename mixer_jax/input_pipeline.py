@@ -131,8 +131,10 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
       name.rstrip('/') for name in tf.io.gfile.listdir(split_dir) if not name.startswith('.')
       and (name.endswith('/') or tf.io.gfile.isdir(os.path.join(split_dir, name))))
   classes = class_folders(os.path.join(root, 'train'))
-  if not classes:
-    raise UserError(f'{os.path.join(root, "train")} has no class folders. {layout}')
+  if len(classes) < 2:  # one class: loss 0 from the first step, accuracy 1, nothing learnt
+    raise UserError(f'{os.path.join(root, "train")} has {len(classes) or "no"} class folder'
+                    f'{"" if classes else "s"}{f" ({classes[0]})" if classes else ""}: a '
+                    f'classifier needs two or more. {layout}')
   label_of = {name: label for label, name in enumerate(classes)}  # 21k classes: no list.index
   listed, ignored = [], []  # listed: (path, label)
   names = class_folders(os.path.join(root, split))
@@ -173,7 +175,13 @@ def check_eval_split(config):
   """Opens the evaluation split without decoding it: a missing split, folder or class stops
   the run before training rather than at the first evaluation."""
   if config.dataset == 'folder':
-    load_image_folder(config.data_dir, config.eval_split, verify=False)
+    split = load_image_folder(config.data_dir, config.eval_split, verify=False)
+    absent = sorted(set(split.class_names) - {split.class_names[i] for i in set(split.labels)})
+    if absent:
+      logging.warning('%s has no images of %d of the %d classes (%s%s): its accuracy says '
+                      'nothing about them.', os.path.join(config.data_dir, config.eval_split),
+                      len(absent), len(split.class_names), ', '.join(absent[:5]),
+                      ' ...' if len(absent) > 5 else '')
   elif config.dataset == 'digits':
     load_digits(config.eval_split)
   else:

@@ -1,5 +1,6 @@
 """The digits pipeline: shapes and ranges, exact resume, process shards, exact evaluation."""
 import itertools
+import shutil
 
 import ml_collections
 import numpy as np
@@ -165,6 +166,13 @@ def empty_class_folder(root):
   return root
 
 
+def one_class(root):
+  for split in ('train', 'test'):
+    for name in ('dog', 'fox'):
+      shutil.rmtree(root / split / name)
+  return root
+
+
 def a_file(root):
   (root / 'notes.txt').write_text('not images')
   return root / 'notes.txt'
@@ -178,6 +186,7 @@ def the_training_split(root):
     (missing_root, r'nowhere does not exist. Expected <data_dir>/train/<class>/\S+ and '
                    r'<data_dir>/test/<class>/\.\.\. \(--config.eval_split\)'),
     (a_file, r'notes.txt is a file, not a folder\. Expected'),
+    (one_class, r'train has 1 class folder \(cat\): a classifier needs two or more\.'),
     (the_training_split, r'train/test does not exist\. .* Its parent, .*/\w+, may be the one'),
     (class_unknown_to_train,
      r"Class folder 'lion' .* missing from the training split \(cat, dog, fox\)"),
@@ -189,6 +198,18 @@ def test_image_folder_problems_are_clear_errors(tmp_path, damage, message):
   root = damage(make_image_folder(tmp_path))
   with pytest.raises(UserError, match=message):
     input_pipeline.load_image_folder(str(root), 'test')
+
+
+def test_an_evaluation_split_without_some_classes_is_named_before_training(tmp_path, caplog):
+  whole = make_image_folder(tmp_path / 'whole')
+  partial = make_image_folder(tmp_path / 'partial')
+  shutil.rmtree(partial / 'test' / 'fox')  # its labels still come from the training split
+  for root in (whole, partial):
+    input_pipeline.check_eval_split(
+        ml_collections.ConfigDict(dict(dataset='folder', data_dir=str(root), eval_split='test')))
+  assert caplog.text.count('has no images of') == 1, caplog.text
+  assert (f'{partial / "test"} has no images of 1 of the 3 classes (fox): its accuracy says '
+          'nothing about them.') in caplog.text
 
 
 # --- ImageNet-style preprocessing ---
