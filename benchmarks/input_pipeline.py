@@ -64,6 +64,8 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}.')
   json_out = _JSON_OUT.value and paths.open_to_append(_JSON_OUT.value, 'json_out')
+  print(f'Encoding {_NUM_IMAGES.value} JPEGs of ImageNet\'s sizes, then timing each setting for '
+        f'{_SECONDS.value:g} s ...', flush=True)
   jpegs = generate_jpegs(_NUM_IMAGES.value)
   config = pretrain_imagenet.get_config('B/16')
   config.image_size = _IMAGE_SIZE.value

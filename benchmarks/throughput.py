@@ -190,6 +190,8 @@ def time_rounds(run_rounds: dict[str, Callable[[int], float]], num_steps: int,
   """Seconds per step of each implementation: fastest of `repeats` rounds, taking turns.
   With `progress`, a line after each round (rounds on a CPU can take a minute)."""
   best, start = {name: float('inf') for name in run_rounds}, time.perf_counter()
+  if progress:
+    print(f'{progress}: timing {repeats} rounds ...', flush=True)
   for i in range(repeats):
     for name, run_round in run_rounds.items():
       best[name] = min(best[name], run_round(num_steps) / num_steps)
