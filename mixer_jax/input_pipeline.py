@@ -172,10 +172,10 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
 
 
 def check_eval_split(config):
-  """Opens the evaluation split without decoding it: a missing split, folder or class stops
-  the run before training rather than at the first evaluation."""
+  """Opens the evaluation split: a missing split, folder or class, or a corrupt image, is found
+  before training rather than at the first evaluation (which reuses a folder's decoded split)."""
   if config.dataset == 'folder':
-    split = load_image_folder(config.data_dir, config.eval_split, verify=False)
+    split = load_split(config, config.eval_split)
     absent = sorted(set(split.class_names) - {split.class_names[i] for i in set(split.labels)})
     if absent:
       logging.warning('%s has no images of %d of the %d classes (%s%s): its accuracy says '

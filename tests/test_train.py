@@ -335,6 +335,9 @@ def test_image_folder_trains_and_evaluates_through_train_py(tmp_path):
   # Each split is decoded once, however often the run reads it (classes, stream, 2 evaluations).
   for split in ('train', 'test'):
     assert out.count(f'Skipped 1 corrupt or unreadable image(s) in {root / split}:') == 1, out
+  # The test split is decoded at start, not only listed: its count there leaves the bad file out.
+  assert out.count(f'{root / "test"}: 12 images of 3 classes.') == 1, out
+  assert f'{root / "test"}: 13 images' not in out
 
 
 def test_fine_tuning_at_twice_the_resolution_with_one_command(tmp_path, caplog):
