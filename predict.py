@@ -111,10 +111,10 @@ def main(argv):
   if not image_files:
     raise UserError('Give one or more image files after the flags.')
   for path in image_files:  # before the weights, which can take minutes to load
-    if not paths.resolve(path).exists():
-      raise UserError(f'{path} does not exist: give JPEG, PNG, GIF, BMP or WebP files.')
-    if not paths.resolve(path).is_file():
-      raise UserError(f'{path} is not a file: give JPEG, PNG, GIF, BMP or WebP files.')
+    found = paths.resolve(path)
+    if not found.is_file():
+      raise UserError(f'{path} {"is not a file" if found.exists() else "does not exist"}: give '
+                      'JPEG, PNG, GIF, BMP or WebP files.')
   logging.set_verbosity(logging.WARNING)  # the output is the classes, not orbax's progress
   params = checkpoints.load_params(_CHECKPOINT.value, '--checkpoint')
   num_classes = checkpoints.model_kwargs(params)['num_classes']

@@ -307,19 +307,19 @@ def claim_workdir(workdir: epath.Path):
     raise
 
 
+def saved_config(workdir: epath.Path) -> dict[str, Any] | None:
+  """The config.json of the run in `workdir` (None where none has started)."""
+  saved = workdir / 'config.json'
+  return json.loads(saved.read_text()) if saved.exists() else None
+
+
 def config_changes(workdir: epath.Path, config) -> list[str]:
   """'field: old -> new' for each setting that differs from the run's saved config.json."""
-  saved = workdir / 'config.json'
-  if not saved.exists():
+  saved = saved_config(workdir)
+  if saved is None:
     return []
-  old = ckpt.flatten(json.loads(saved.read_text()))
-  return [f'{k}: {a!r} -> {b!r}' for k, a, b in differences(old, flat_settings(config))]
-
-
-def started_from(workdir: epath.Path) -> str:
-  """The init_from of the run in `workdir` ('' where it started from scratch)."""
-  saved = workdir / 'config.json'
-  return json.loads(saved.read_text()).get('init_from', '') if saved.exists() else ''
+  return [f'{k}: {a!r} -> {b!r}' for k, a, b in differences(ckpt.flatten(saved),
+                                                               flat_settings(config))]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
@@ -357,8 +357,10 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     resumed_width = ckpt.token_mixing_width(found) if resuming else None
   if resuming and not config.init_from:  # config.json keeps the weights the run started from
     config = config.copy_and_resolve_references()
-    config.init_from = started_from(workdir)
+    config.init_from = (saved_config(workdir) or {}).get('init_from', '')
   init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
+  factor = ckpt.resolution_factor(init_params, config.image_size, validation.model_sizes(
+      config)['patch_size']) if init_params else 1  # before the data: a mistake found at once
   data = data_source(config)
   if data is synthetic:
     class_names, num_classes = None, synthetic.num_classes(config)
@@ -367,8 +369,6 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     num_classes = len(class_names)
     data.check_eval_split(config)  # a missing or inconsistent one, now rather than later
   model = build(config, num_classes)
-  factor = ckpt.resolution_factor(init_params, config.image_size, model.patch_size) if (
-      init_params) else 1
   if resumed_width:  # None where the checkpoint holds another model (a study's baseline)
     factor = ckpt.expansion(resumed_width, model.tokens_mlp_dim)
     if factor > 1:
