@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
-from mixer_jax import config_files, errors, models  # noqa: E402
+from mixer_jax import config_files, errors, models, validation  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 
 config_files.exit_unless_loadable(sys.argv, None)  # before config_flags loads it
@@ -51,18 +51,42 @@ def device_days(total_steps: int, global_batch: int, images_per_sec_per_device: 
 
 
 def measure(config) -> float:
-  """Best per-device training images/s of the recipe's model here, by benchmarks/throughput.py."""
+  """Best per-device training images/s of the recipe's model here, by benchmarks/throughput.py;
+  on Ctrl-C, the best of the batch sizes it finished."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'results.jsonl')
-    run = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), 'throughput.py'),
-                          f'--variant={config.variant}', f'--resolution={config.image_size}',
-                          f'--dtype={config.dtype}', '--mode=train', '--impl=ours',
-                          f'--batch_size={",".join(_MEASURE_BATCHES.value)}', f'--json_out={out}'])
-    if run.returncode:
-      raise UserError(f'benchmarks/throughput.py failed (exit status {run.returncode}; its '
+    throughput = os.path.join(os.path.dirname(__file__), 'throughput.py')
+    child = subprocess.Popen([
+        sys.executable, throughput, f'--variant={variant_of(config)}',
+        f'--resolution={config.image_size}', f'--dtype={config.dtype}', '--mode=train',
+        '--impl=ours', f'--remat={bool(config.model.get("remat"))}',
+        f'--batch_size={",".join(_MEASURE_BATCHES.value)}', f'--json_out={out}'])
+    try:
+      status = child.wait()
+    except KeyboardInterrupt:  # the child had the Ctrl-C too, and says so
+      try:
+        child.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        child.kill()
+      status = None
+    results = []
+    if os.path.exists(out):
+      with open(out) as f:
+        results = [json.loads(line) for line in f]
+    if status is None:
+      if not results:
+        sys.exit(130)  # nothing measured: the child's line said it was interrupted
+      done = ', '.join(str(r['batch_per_device']) for r in results)
+      print(f'Interrupted: using batch size {done} of --measure_batch_sizes='
+            f'{",".join(_MEASURE_BATCHES.value)}, measured before it.')
+    elif status:
+      raise UserError(f'benchmarks/throughput.py failed (exit status {status}; its '
                       'message is above): pass --images_per_sec_per_core instead of --measure.')
-    with open(out) as f:
-      return max(json.loads(line)['images_per_sec_per_device'] for line in f)
+    return max(r['images_per_sec_per_device'] for r in results)
+
+
+def variant_of(config) -> str:
+  return config.variant.removeprefix('Mixer-')
 
 
 @errors.reported
@@ -76,6 +100,14 @@ def main(argv):
     raise UserError(f'--config={flags.FLAGS["config"].config_filename} has no Table 1 variant '
                     '(config.variant): nothing to compare.')
   models.create_model(config.variant)  # an unknown one is an error naming the seven
+  variant = variant_of(config)
+  changed = {k: v for k, v in validation.model_sizes(config).items()
+             if v != models.VARIANTS[variant][k]}
+  if changed and _MEASURE.value:
+    raise UserError(
+        f'--measure times Table 1 models, and this config gives Mixer-{variant} other sizes ('
+        + ', '.join(f'{k}={v}' for k, v in changed.items()) + '; a smoke recipe does): drop the '
+        'size overrides, or time this model yourself and pass --images_per_sec_per_core.')
   if (_THROUGHPUT.value is None) == (not _MEASURE.value):
     raise UserError('Give exactly one of --images_per_sec_per_core=N and --measure.')
   if _THROUGHPUT.value is not None and _THROUGHPUT.value <= 0:
@@ -86,18 +118,22 @@ def main(argv):
   throughput = measure(config) if _MEASURE.value else _THROUGHPUT.value
   images = config.total_steps * config.batch_size
   epochs = f', {images / _DATASET_SIZE.value:.1f} epochs' if _DATASET_SIZE.value else ''
-  print(f'Mixer-{config.variant} at {config.image_size}px: {config.total_steps:,} steps x batch '
+  model = f'Mixer-{variant}' + (f' ({", ".join(f"{k}={v}" for k, v in changed.items())})'
+                                 if changed else '')
+  print(f'{model} at {config.image_size}px: {config.total_steps:,} steps x batch '
         f'{config.batch_size:,} = {images / 1e6:,.1f}M images{epochs}.')
   ours = device_days(config.total_steps, config.batch_size, throughput)
   print(f'  at {throughput:,.1f} training images/s per device: {ours:,.2f} device-days '
         f'({ours * 24:,.1f} device-hours)')
-  if config.variant in PAPER_TPUV3_IMAGES_PER_SEC and config.image_size == 224:
-    tpu = PAPER_TPUV3_IMAGES_PER_SEC[config.variant] / 3
-    print(f'  at the paper\'s TPUv3 rate ({PAPER_TPUV3_IMAGES_PER_SEC[config.variant]:,} '
+  if changed:
+    return  # the paper's figures are for the Table 1 sizes
+  if config.image_size == 224:
+    tpu = PAPER_TPUV3_IMAGES_PER_SEC[variant] / 3
+    print(f'  at the paper\'s TPUv3 rate ({PAPER_TPUV3_IMAGES_PER_SEC[variant]:,} '
           f'inference images/s/core, ~{tpu:,.0f} training): '
           f'{device_days(config.total_steps, config.batch_size, tpu):,.2f} TPUv3 core-days')
-  if config.variant in PAPER_CORE_DAYS:
-    print(f'  paper, Mixer-{config.variant}: {PAPER_CORE_DAYS[config.variant]}')
+  if variant in PAPER_CORE_DAYS:
+    print(f'  paper, Mixer-{variant}: {PAPER_CORE_DAYS[variant]}')
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import zipfile
@@ -264,6 +265,34 @@ def test_core_days_of_a_recipe_at_a_given_throughput():
   tpu_days = 1000 * 4096 / (419 / 3) / 86_400  # the paper's 419 inference images/s/core
   assert f'{tpu_days:,.2f} TPUv3 core-days' in run.stdout
   assert '0.41k TPUv3 core-days' in run.stdout  # the paper's published L/16 run
+  smoke = subprocess.run(
+      [sys.executable, 'benchmarks/core_days.py', '--config=configs/pretrain_imagenet.py:L/16,smoke',
+       '--images_per_sec_per_core=50'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert smoke.returncode == 0, smoke.stderr[-3000:]
+  assert 'Mixer-L/16 (num_blocks=2, hidden_dim=32' in smoke.stdout  # not the Table 1 model
+  assert 'TPUv3' not in smoke.stdout  # the paper's figures are for Table 1 sizes
+
+
+def test_core_days_measure_interrupted_keeps_the_batch_sizes_it_finished():
+  proc = subprocess.Popen(
+      [sys.executable, 'benchmarks/core_days.py', '--config=configs/pretrain_imagenet.py:S/32',
+       '--config.image_size=32', '--config.total_steps=1000', '--measure',
+       '--measure_batch_sizes=2,8'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, start_new_session=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if 'batch 8 train: timing' in line:  # batch 2 is measured
+      os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: both processes get it
+      break
+  out, err = proc.communicate(timeout=120)
+  out = ''.join(lines) + out
+  assert proc.returncode == 0, err[-3000:]
+  rate = float(re.search(r'batch/device 2: [\d.,]+ img/s \(([\d.,]+)/device\)', out)
+               .group(1).replace(',', ''))
+  assert 'Interrupted: using batch size 2 of --measure_batch_sizes=2,8' in out
+  assert f'at {rate:,.1f} training images/s per device' in out
+  assert err.count('Interrupted (Ctrl-C).') == 1  # the child's line, not a second one
 
 
 def test_core_days_and_input_pipeline_flags_are_checked_before_anything_runs():
@@ -275,6 +304,8 @@ def test_core_days_and_input_pipeline_flags_are_checked_before_anything_runs():
       ('core_days.py', ['--config=configs/digits.py', '--measure'], 'has no Table 1 variant'),
       ('core_days.py', ['--config=configs/pretrain_imagenet.py:X/9', '--measure'],
        "Unknown Mixer variant 'X/9': choose one of S/32"),
+      ('core_days.py', ['--config=configs/pretrain_imagenet.py:B/16,smoke', '--measure'],
+       '--measure times Table 1 models, and this config gives Mixer-B/16 other sizes'),
       ('input_pipeline.py', ['--json_out=/nowhere/out.jsonl'], 'cannot be written')):
     run = subprocess.run([sys.executable, f'benchmarks/{script}', *flags], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
