@@ -566,8 +566,9 @@ def main(argv):
     return serve_rounds(modes[0], int(_BATCH.value[0]), mesh)
   n = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
   matmul = matmul_rounds(jnp.dtype(_DTYPE.value), n, devices[0])
-  ours = _formulation_name(formulation_of('ours'))
-  print(f'ours = the {ours} formulation on {jax.default_backend()}. MFU against the rate of a '
+  ours = (f'ours = the {_formulation_name(formulation_of("ours"))} formulation on '
+          f'{jax.default_backend()}. ' if 'ours' in _IMPL.value else '')
+  print(f'{ours}MFU against the rate of a '
         f'{n}x{n} {_DTYPE.value} matmul on one {devices[0].device_kind} device, timed in the '
         f'same rounds; freed host memory kept: {kept}', flush=True)
   formulations_timed = list(dict.fromkeys(formulation_of(i) for i in _IMPL.value

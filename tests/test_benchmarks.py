@@ -236,6 +236,7 @@ def test_an_implementation_that_cannot_run_is_skipped_with_the_reason(tmp_path):
   reason = 'no H/14 model' if _has_timm() else 'not installed'
   assert re.search(rf'timm: skipped \(.*{reason}', run.stdout), run.stdout
   assert out.read_text() == ''  # nothing measured, no line (the file is checked at start)
+  assert 'ours = ' not in run.stdout  # the header describes only what is timed
 
 
 def test_largest_batch_that_fits_is_measured_and_smaller_ones_only_where_it_does_not(tmp_path):
