@@ -57,7 +57,7 @@ def measure(config) -> float:
     out = os.path.join(tmp, 'results.jsonl')
     throughput = os.path.join(os.path.dirname(__file__), 'throughput.py')
     child = subprocess.Popen([
-        sys.executable, throughput, f'--variant={variant_of(config)}',
+        sys.executable, throughput, f'--variant={models.variant_name(config.variant)}',
         f'--resolution={config.image_size}', f'--dtype={config.dtype}', '--mode=train',
         '--impl=ours', f'--remat={bool(config.model.get("remat"))}',
         f'--batch_size={",".join(_MEASURE_BATCHES.value)}', f'--json_out={out}'])
@@ -85,10 +85,6 @@ def measure(config) -> float:
     return max(r['images_per_sec_per_device'] for r in results)
 
 
-def variant_of(config) -> str:
-  return config.variant.removeprefix('Mixer-')
-
-
 @errors.reported
 def main(argv):
   if len(argv) > 1:
@@ -100,14 +96,15 @@ def main(argv):
     raise UserError(f'--config={flags.FLAGS["config"].config_filename} has no Table 1 variant '
                     '(config.variant): nothing to compare.')
   models.create_model(config.variant)  # an unknown one is an error naming the seven
-  variant = variant_of(config)
+  variant = models.variant_name(config.variant)
   changed = {k: v for k, v in validation.model_sizes(config).items()
              if v != models.VARIANTS[variant][k]}
+  sizes = ', '.join(f'{k}={v}' for k, v in changed.items())
   if changed and _MEASURE.value:
     raise UserError(
-        f'--measure times Table 1 models, and this config gives Mixer-{variant} other sizes ('
-        + ', '.join(f'{k}={v}' for k, v in changed.items()) + '; a smoke recipe does): drop the '
-        'size overrides, or time this model yourself and pass --images_per_sec_per_core.')
+        f'--measure times Table 1 models, and this config gives Mixer-{variant} other sizes '
+        f'({sizes}; a smoke recipe does): drop the size overrides, or time this model yourself '
+        'and pass --images_per_sec_per_core.')
   if (_THROUGHPUT.value is None) == (not _MEASURE.value):
     raise UserError('Give exactly one of --images_per_sec_per_core=N and --measure.')
   if _THROUGHPUT.value is not None and _THROUGHPUT.value <= 0:
@@ -118,8 +115,7 @@ def main(argv):
   throughput = measure(config) if _MEASURE.value else _THROUGHPUT.value
   images = config.total_steps * config.batch_size
   epochs = f', {images / _DATASET_SIZE.value:.1f} epochs' if _DATASET_SIZE.value else ''
-  model = f'Mixer-{variant}' + (f' ({", ".join(f"{k}={v}" for k, v in changed.items())})'
-                                 if changed else '')
+  model = f'Mixer-{variant}' + (f' ({sizes})' if changed else '')
   print(f'{model} at {config.image_size}px: {config.total_steps:,} steps x batch '
         f'{config.batch_size:,} = {images / 1e6:,.1f}M images{epochs}.')
   ours = device_days(config.total_steps, config.batch_size, throughput)

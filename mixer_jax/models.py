@@ -110,9 +110,14 @@ class MlpMixer(nn.Module):
     return x_BC.astype(jnp.float32)
 
 
+def variant_name(variant: str) -> str:
+  """'B/16' for 'B/16' or 'Mixer-B/16': the key of VARIANTS."""
+  return variant.removeprefix('Mixer-')
+
+
 def create_model(variant: str, num_classes: Optional[int] = 1000, **overrides) -> MlpMixer:
   """A Table 1 variant by name ('B/16' or 'Mixer-B/16'); keyword overrides win."""
-  name = variant.removeprefix('Mixer-')
+  name = variant_name(variant)
   if name not in VARIANTS:
     raise UserError(f'Unknown Mixer variant {variant!r}: choose one of {", ".join(VARIANTS)}.')
   return MlpMixer(num_classes=num_classes, **{**VARIANTS[name], **overrides})

@@ -38,7 +38,7 @@ def missing_fields(config) -> list[str]:
 
 def model_sizes(config) -> dict[str, int]:
   """The five Table 1 sizes the run builds: the variant's, with `config.model` overriding."""
-  variant = config.variant.removeprefix('Mixer-')
+  variant = models.variant_name(config.variant)
   if variant and variant not in models.VARIANTS:
     raise UserError(f'variant={config.variant!r} is not a Table 1 variant: use one of '
                     f'{", ".join(models.VARIANTS)}, or \'\' with the sizes in config.model.')
