@@ -13,7 +13,8 @@ to the token count, as the paper's Appendix C does when fine-tuning at a higher 
 width D_C). The models take turns in the same timing rounds (benchmarks/throughput.py's
 local_rounds and time_rounds). Writes scaling.png (log-log: images/s and GFLOPs per image
 against tokens) and scaling.json in --out, and prints each model's growth exponent between the
-two largest resolutions (time per image ~ tokens^k: 1 is linear, 2 quadratic).
+two largest resolutions (time per image ~ tokens^k: 1 is linear, 2 quadratic). Ctrl-C writes
+the resolutions finished before it, then ends the run as interrupted (status 130).
 """
 import math
 import os
@@ -60,10 +61,8 @@ def define_flags(values: flags.FlagValues) -> None:
 
 def build_models(values, resolution: int) -> dict[str, tuple]:
   """{name: (model, forward FLOPs per image)} at `resolution`."""
-  if values.variant.removeprefix('Mixer-') not in models.VARIANTS:
-    raise UserError(f'Unknown Mixer variant {values.variant!r}: choose one of '
-                    f'{", ".join(models.VARIANTS)}.')
-  sizes = dict(models.VARIANTS[values.variant.removeprefix('Mixer-')])
+  models.create_model(values.variant)  # an unknown variant: an error naming the choices
+  sizes = dict(models.VARIANTS[models.variant_name(values.variant)])
   scale = values.width / sizes['hidden_dim'] if values.width else 1
   sizes.update(hidden_dim=round(sizes['hidden_dim'] * scale),
                tokens_mlp_dim=max(1, round(sizes['tokens_mlp_dim'] * scale)),
@@ -135,34 +134,61 @@ def plot(rows: list[dict], title: str):
   return figure
 
 
+def measure(values, resolutions: list[int], batch_sizes: list[int]) -> list[dict]:
+  """A row per model and resolution, smallest resolution first. On Ctrl-C, the rows of the
+  resolutions finished before it, if any (a full run takes minutes)."""
+  rows = []
+  try:  # around the loop: a signal is also taken at its back edge, between resolutions
+    for resolution in resolutions:
+      measure_resolution(values, resolution, batch_sizes, rows)
+  except KeyboardInterrupt:
+    if not rows:
+      raise
+    done = ', '.join(str(r) for r in sorted({row['resolution'] for row in rows}))
+    print(f'Interrupted: keeping the resolutions measured before it ({done} px of '
+          f'{",".join(map(str, resolutions))}).', flush=True)
+  return rows
+
+
+def measure_resolution(values, resolution: int, batch_sizes: list[int], rows: list[dict]):
+  """Appends a row per model to `rows`: its images/s at its best batch size, and its FLOPs.
+  The rows go in before the compiled programs are freed, which takes a while: a Ctrl-C then
+  keeps them."""
+  built = build_models(values, resolution)
+  per_batch = {}
+  for batch_size in batch_sizes:
+    rounds = {name: inference_rounds(model, resolution, batch_size)
+              for name, (model, _) in built.items()}
+    seconds = throughput.time_rounds(rounds, values.steps, values.repeats,
+                                     progress=f'{resolution} px, batch {batch_size}')
+    per_batch[batch_size] = {name: batch_size / s for name, s in seconds.items()}
+  new_rows = []
+  for name, (model, forward) in built.items():
+    speeds = {b: per_batch[b][name] for b in batch_sizes}
+    best = max(speeds, key=speeds.get)
+    new_rows.append({'model': name, 'resolution': resolution,
+                     'tokens': (resolution // model.patch_size) ** 2,
+                     'tokens_mlp_dim': getattr(model, 'tokens_mlp_dim', None),
+                     'best_batch': best, 'images_per_sec': speeds[best],
+                     'images_per_sec_by_batch': speeds, 'gflops_per_image': forward / 1e9,
+                     'achieved_gflops_per_sec': speeds[best] * forward / 1e9})
+  rows.extend(new_rows)  # the whole resolution at once
+  for row in new_rows:
+    print(f"{row['model']:16s} {resolution:4d}px: {row['images_per_sec']:9.2f} img/s (batch "
+          f"{row['best_batch']}), {row['gflops_per_image']:.4g} GFLOPs/image", flush=True)
+
+
 def main(argv: Sequence[str]) -> None:
   values, _ = study.parse_flags(argv, __doc__, define_flags)
   resolutions = sorted(study.int_list(values.resolutions, 'resolutions', unique=True))
   batch_sizes = study.int_list(values.batch_sizes, 'batch_sizes')
   if values.dtype not in ('float32', 'bfloat16'):
     raise UserError(f'Unknown --dtype={values.dtype}: use float32 or bfloat16.')
+  for resolution in resolutions:  # every resolution's sizes, before the first is timed
+    build_models(values, resolution)
   device = jax.devices()[0]
-  rows = []
-  for resolution in resolutions:
-    built = build_models(values, resolution)
-    per_batch = {}
-    for batch_size in batch_sizes:
-      rounds = {name: inference_rounds(model, resolution, batch_size)
-                for name, (model, _) in built.items()}
-      seconds = throughput.time_rounds(rounds, values.steps, values.repeats,
-                                       progress=f'{resolution} px, batch {batch_size}')
-      per_batch[batch_size] = {name: batch_size / s for name, s in seconds.items()}
-    for name, (model, forward) in built.items():
-      speeds = {b: per_batch[b][name] for b in batch_sizes}
-      best = max(speeds, key=speeds.get)
-      rows.append({'model': name, 'resolution': resolution,
-                   'tokens': (resolution // model.patch_size) ** 2,
-                   'tokens_mlp_dim': getattr(model, 'tokens_mlp_dim', None),
-                   'best_batch': best, 'images_per_sec': speeds[best],
-                   'images_per_sec_by_batch': speeds, 'gflops_per_image': forward / 1e9,
-                   'achieved_gflops_per_sec': speeds[best] * forward / 1e9})
-      print(f"{name:16s} {resolution:4d}px: {speeds[best]:9.2f} img/s (batch {best}), "
-            f"{forward / 1e9:.4g} GFLOPs/image", flush=True)
+  rows = measure(values, resolutions, batch_sizes)
+  measured = sorted({r['resolution'] for r in rows})
 
   exponents = []
   for name in NAMES:
@@ -170,7 +196,7 @@ def main(argv: Sequence[str]) -> None:
     seconds_per_image = [dict(r, seconds=1 / r['images_per_sec']) for r in mine]
     exponents.append({'model': name, 'time_exponent': growth_exponent(seconds_per_image, 'seconds'),
                       'flops_exponent': growth_exponent(mine, 'gflops_per_image')})
-  first = build_models(values, resolutions[0])[NAMES[0]][0]
+  first = build_models(values, measured[0])[NAMES[0]][0]
   described = (f'{values.variant} sizes: C={first.hidden_dim}, {first.num_blocks} blocks, patch '
                f'{first.patch_size}, {values.dtype}, one {device.device_kind}')
   text = (study.format_table(rows, ['model', 'resolution', 'tokens', 'tokens_mlp_dim',
@@ -178,13 +204,15 @@ def main(argv: Sequence[str]) -> None:
           + f'\nGrowth between the two largest resolutions ({described}); time per image ~ '
           'tokens^k:\n' + study.format_table(exponents, ['model', 'time_exponent',
                                                          'flops_exponent'])
-          + ('' if len(resolutions) > 1 else
+          + ('' if len(measured) > 1 else
              '\n(No growth from one resolution: give two or more, as --resolutions=224,448.)'))
   table = {'setup': described, 'variant': values.variant, 'hidden_dim': first.hidden_dim,
            'num_blocks': first.num_blocks, 'patch_size': first.patch_size,
            'dtype': values.dtype, 'device': device.device_kind, 'backend': jax.default_backend(),
-           'results': rows, 'growth': exponents}
+           'resolutions_asked': resolutions, 'results': rows, 'growth': exponents}
   study.write_outputs(values.out, 'scaling', plot(rows, described), table, text)
+  if measured != resolutions:
+    raise KeyboardInterrupt  # the outputs hold what was measured; the run still ends as stopped
 
 
 if __name__ == '__main__':

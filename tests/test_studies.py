@@ -1,6 +1,7 @@
 """studies/: every study end to end at a tiny size, and its numbers against independent references."""
 import json
 import math
+import os
 import pathlib
 import re
 import signal
@@ -343,6 +344,32 @@ def test_scaling_study_times_three_models_and_plots_them(tmp_path):
     small, large = rows[growth['model'], 64], rows[growth['model'], 128]
     assert growth['time_exponent'] == pytest.approx(
         math.log(small['images_per_sec'] / large['images_per_sec']) / math.log(4))
+  read_png(tmp_path / 'scaling.png', (9, 3.8))
+
+
+def test_scaling_interrupted_writes_the_resolutions_it_finished(tmp_path):
+  proc = subprocess.Popen(
+      [sys.executable, 'studies/scaling.py', '--variant=S/32', '--width=32', '--depth=1',
+       '--resolutions=64,128,256', '--base_resolution=64', '--batch_sizes=1', '--steps=1',
+       '--repeats=1', f'--out={tmp_path}'], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, start_new_session=True,
+      env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith('ViT') and '  64px' in line:  # the last row of the first resolution
+      os.killpg(proc.pid, signal.SIGINT)
+      break
+  out, err = proc.communicate(timeout=120)
+  out = ''.join(lines) + out
+  assert proc.returncode == 130, err[-3000:]
+  assert err.strip().endswith('Interrupted (Ctrl-C).')
+  table = read_json(tmp_path / 'scaling.json')
+  measured = sorted({r['resolution'] for r in table['results']})
+  assert measured in ([64], [64, 128])  # 128 px may finish before the signal lands
+  assert table['resolutions_asked'] == [64, 128, 256]
+  assert f'Interrupted: keeping the resolutions measured before it ({", ".join(map(str, measured))} px' in out
+  assert len(table['results']) == 3 * len(measured)
   read_png(tmp_path / 'scaling.png', (9, 3.8))
 
 
