@@ -8,7 +8,7 @@ import contextlib
 import io
 import math
 import zipfile
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -115,25 +115,27 @@ def expansion(width: int, tokens_mlp_dim: int) -> int:
   return k if k > 1 and k * k * tokens_mlp_dim == width else 1
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, state):
-  """(state, step) from the newest checkpoint, or (state, 0) when there is none."""
+def restore_latest(checkpoints: ocp.CheckpointManager, state, changes: Sequence[str] = ()):
+  """(state, step) from the newest checkpoint, or (state, 0) when there is none. `changes`
+  ('field: old -> new' against the run's config.json) are named where the state does not fit."""
   step = checkpoints.latest_step()
   if step is None:
     return state, 0
   path = epath.Path(checkpoints.directory) / str(step)
   found = _tree(checkpoints, step)
+  resume = ('Resume with the settings this run started with (its config.json' +
+            (f'; they differ in {"; ".join(changes)}' if changes else '') +
+            '), passed as the same --config and --config.<field> overrides')
   mismatches = tree_mismatches(state.params, found.get('params', {}))
   if mismatches:
     raise UserError(
         f'The checkpoint {path} holds another model than the config describes:\n  '
-        + '\n  '.join(mismatches) + '\nResume with the config this run started with '
-        '(saved as config.json beside checkpoints/), or train the new model in a new --workdir.')
+        + '\n  '.join(mismatches) + f'\n{resume}, or train the new model in a new --workdir.')
   shapes = lambda tree: sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
   if shapes(found.get('opt_state')) != shapes(state.opt_state):
     raise UserError(
         f'The checkpoint {path} holds the state of another optimizer than the config describes '
-        '(--config.optimizer and its settings). Resume with the config this run started with '
-        '(saved as config.json beside checkpoints/), or use a new --workdir.')
+        f'(--config.optimizer and its settings). {resume}, or use a new --workdir.')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract)), step

@@ -61,6 +61,11 @@ def exit_unless_loadable(argv, default: str | None):
   if not os.path.isfile(path.partition(':')[0]):
     errors.exit_with(f'error: --config={path}: no such file. The recipes are the files in '
                      'configs/, e.g. --config=configs/digits.py.')
+  if not path.partition(':')[0].endswith('.py'):
+    errors.exit_with(f'error: --config={path} is not a recipe: give a Python file with '
+                     'get_config(), e.g. --config=configs/digits.py. (A run\'s config.json '
+                     'records its settings: give the recipe it names the run started from, '
+                     'with those settings as --config.<field>=<value>.)')
   try:
     return load(path)
   except Exception as e:  # the config file is the user's code: any error in it is theirs

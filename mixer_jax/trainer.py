@@ -62,12 +62,14 @@ def fetch_finite(records, latest_checkpoint) -> list[dict[str, float]]:
   for step, metrics in records:
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not (np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm'])):
-      kept = (f'The newest checkpoint, step {latest_checkpoint}, holds the last good state and '
-              'stays the latest' if latest_checkpoint is not None else 'No checkpoint was saved')
+      fix = 'Lower --config.learning_rate or lengthen --config.warmup_steps'
+      then = (f'The newest checkpoint, step {latest_checkpoint}, holds the last good state and '
+              f'stays the latest. {fix}, then run again: it resumes from that step'
+              if latest_checkpoint is not None else
+              f'No checkpoint was saved. {fix}, then run again: it starts from the beginning')
       raise FloatingPointError(
           f"Training diverged at step {step}: loss {metrics['loss']}, gradient norm "
-          f"{metrics['grad_norm']}. {kept}. Lower --config.learning_rate or lengthen "
-          '--config.warmup_steps, then rerun the same command to resume.')
+          f"{metrics['grad_norm']}. {then}.")
     host.append(metrics)
   return host
 
@@ -209,8 +211,9 @@ def out_of_memory_explained(config, per_device: int):
     raise UserError(
         f'Out of device memory ({str(e).splitlines()[0][:200]}) with batch_size='
         f'{config.batch_size} ({per_device} a device) at {config.image_size}x{config.image_size}:'
-        ' lower batch_size or eval_batch_size, raise grad_accum_steps, or set model.remat=True '
-        '(recomputes activations). The checkpoints written so far are kept.') from e
+        ' lower batch_size or eval_batch_size, raise grad_accum_steps'
+        + (', or set model.remat=True (recomputes activations)' if 'remat' in config.model
+           else '') + '. The checkpoints written so far are kept.') from e
 
 
 def flat_settings(config) -> dict[str, Any]:
@@ -396,7 +399,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   # Resume order: this workdir's newest checkpoint, else the init_from weights, else scratch.
   checkpoints = ckpt.manager(workdir, config.keep_checkpoints)
   changes = config_changes(workdir, config)
-  state, start_step = ckpt.restore_latest(checkpoints, state)
+  state, start_step = ckpt.restore_latest(checkpoints, state, changes)
   trains = start_step < config.total_steps  # else config.json stays the record of the training
   if start_step:
     logging.info('Resumed from %s at step %d%s.', checkpoints.directory, start_step,
@@ -415,6 +418,8 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     params = ckpt.adapt(init_params, jax.device_get(state.params), factor)
     state = state.replace(params=jax.device_put(params, NamedSharding(mesh, P())))
     logging.info('Initialised from %s.', config.init_from)
+  else:  # said, since a fine-tuning recipe run without init_from trains from random weights
+    logging.info('Initialised at random (seed %d): no init_from.', config.seed)
   if jax.process_index() == 0 and trains:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     if class_names is not None:  # predict.py prints these names (folder names: any script)

@@ -1,6 +1,7 @@
 """Checkpoints that cannot be resumed give errors naming the problem, and nothing is deleted."""
 import importlib.util
 import pathlib
+import re
 
 import pytest
 
@@ -44,6 +45,7 @@ def test_checkpoint_of_another_model_or_optimizer_is_a_clear_error(tmp_path):
   assert 'holds another model than the config describes' in message
   assert 'stem/kernel: expected (4, 4, 3, 96), found (4, 4, 3, 64)' in message
   assert 'config.json' in message and 'new --workdir' in message
+  assert re.search(r'they differ in [^)]*model/hidden_dim: 64 -> 96', message)  # what to set back
   # Adam's moments are not SGD's momentum: this used to be reported as a corrupt checkpoint.
   with pytest.raises(UserError, match=r'holds the state of another optimizer than the config '
                                       r'describes .*config.json'):

@@ -129,9 +129,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
   trainer.train_and_evaluate(small_config(total_steps=20), str(tmp_path))
   with pytest.raises(FloatingPointError, match=r'diverged at step 2\d: loss (nan|inf).*'
-                     r'newest checkpoint, step 20, holds the last good state'):
+                     r'newest checkpoint, step 20, holds the last good state.*resumes from '
+                     r'that step'):
     trainer.train_and_evaluate(small_config(total_steps=40, learning_rate=1e30), str(tmp_path))
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['20']
+  with pytest.raises(FloatingPointError, match=r'No checkpoint was saved\..*starts from the '
+                                               r'beginning'):  # nothing to resume: not said
+    trainer.train_and_evaluate(small_config(total_steps=40, learning_rate=1e30),
+                               str(tmp_path / 'fresh'))
   params = restore_params(tmp_path, 20)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
@@ -145,6 +150,8 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
      r'--config.lr: no such field in configs/finetune.py:B/16,cifar10. Its fields are: .*'
      r'learning_rate'),
     (['--config=configs/nope.py'], r'--config=configs/nope.py: no such file'),
+    (['--config=README.md'], r'--config=README.md is not a recipe: give a Python file with '
+                             r'get_config\(\)'),  # e.g. a run's config.json
     (['--config=configs/cifar10_scratch.py:x'], r'--config=configs/cifar10_scratch.py:x cannot '
                                                 r'build its config: ValueError: .*a patch size '
                                                 r'that divides 32'),
