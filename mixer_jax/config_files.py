@@ -29,6 +29,16 @@ def expand_home(argv: list[str]) -> list[str]:
           for a in argv]
 
 
+def check_is_python(path_and_arg: str):
+  """A UserError unless `path[:arg]` names a Python file, as a recipe is: a run's config.json
+  was taken for one."""
+  if not path_and_arg.partition(':')[0].endswith('.py'):
+    raise errors.UserError(
+        f'--config={path_and_arg} is not a recipe: give a Python file with get_config(), e.g. '
+        '--config=configs/digits.py. (A run\'s config.json records its settings: give the '
+        'recipe the run started from, with those settings as --config.<field>=<value>.)')
+
+
 def load(path_and_arg: str):
   """The config that `path[:arg]` builds, without any --config.<field> overrides."""
   path, colon, arg = path_and_arg.partition(':')
@@ -61,11 +71,10 @@ def exit_unless_loadable(argv, default: str | None):
   if not os.path.isfile(path.partition(':')[0]):
     errors.exit_with(f'error: --config={path}: no such file. The recipes are the files in '
                      'configs/, e.g. --config=configs/digits.py.')
-  if not path.partition(':')[0].endswith('.py'):
-    errors.exit_with(f'error: --config={path} is not a recipe: give a Python file with '
-                     'get_config(), e.g. --config=configs/digits.py. (A run\'s config.json '
-                     'records its settings: give the recipe it names the run started from, '
-                     'with those settings as --config.<field>=<value>.)')
+  try:
+    check_is_python(path)
+  except errors.UserError as e:
+    errors.exit_with(f'error: {e}')
   try:
     return load(path)
   except Exception as e:  # the config file is the user's code: any error in it is theirs

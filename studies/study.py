@@ -18,7 +18,7 @@ from ml_collections import config_flags
 matplotlib.use('Agg')  # files only, no display
 from matplotlib.figure import Figure  # noqa: E402
 
-from mixer_jax import checkpoints, errors, paths, trainer  # noqa: E402
+from mixer_jax import checkpoints, config_files, errors, paths, trainer  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +55,7 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
 
 def define_recipe(values: flags.FlagValues, argv: Sequence[str]):
   """--config=configs/<recipe>.py[:arg] (default digits) with --config.<field>=value overrides."""
+  config_files.check_is_python(config_files.config_arg(argv, DIGITS))  # config_flags runs any file
   try:
     config_flags.DEFINE_config_file(
         'config', DIGITS, 'The recipe to train with (configs/*.py, digits by default); override '

@@ -154,6 +154,7 @@ def test_a_rerun_with_other_settings_is_refused_before_any_run_trains(permutatio
                                  r'directory\): give a folder'),  # before, after the training
     ('--config.model.depth=3', '--config.model.depth: no such field in the recipe'),
     ('--config=configs/no_such_recipe.py', 'Cannot load the recipe: .* No such file'),
+    ('--config=README.md', r'--config=README.md is not a recipe: give a Python file'),
 ])
 def test_unknown_study_options_are_one_line_errors(tmp_path, flag, message):
   with pytest.raises(UserError, match=message) as error:
