@@ -39,6 +39,17 @@ def check_is_python(path_and_arg: str):
         'recipe the run started from, with those settings as --config.<field>=<value>.)')
 
 
+def check_fields_follow_config(argv):
+  """A UserError where a --config.<field> comes before --config: config_flags applies each one
+  to the config the flags before it named, and there is none yet."""
+  fields = [i for i, arg in enumerate(argv) if arg.startswith('--config.')]
+  given = [i for i, arg in enumerate(argv) if arg == '--config' or arg.startswith('--config=')]
+  if fields and given and fields[0] < given[0]:
+    raise errors.UserError(
+        f'{argv[fields[0]]} comes before --config: give --config={config_arg(argv, None)} '
+        'first, then the --config.<field>=<value> settings of that recipe.')
+
+
 def load(path_and_arg: str):
   """The config that `path[:arg]` builds, without any --config.<field> overrides."""
   path, colon, arg = path_and_arg.partition(':')
@@ -73,6 +84,7 @@ def exit_unless_loadable(argv, default: str | None):
                      'configs/, e.g. --config=configs/digits.py.')
   try:
     check_is_python(path)
+    check_fields_follow_config(argv)
   except errors.UserError as e:
     errors.exit_with(f'error: {e}')
   try:

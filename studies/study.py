@@ -56,6 +56,7 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
 def define_recipe(values: flags.FlagValues, argv: Sequence[str]):
   """--config=configs/<recipe>.py[:arg] (default digits) with --config.<field>=value overrides."""
   config_files.check_is_python(config_files.config_arg(argv, DIGITS))  # config_flags runs any file
+  config_files.check_fields_follow_config(argv)
   try:
     config_flags.DEFINE_config_file(
         'config', DIGITS, 'The recipe to train with (configs/*.py, digits by default); override '

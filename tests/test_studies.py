@@ -155,10 +155,13 @@ def test_a_rerun_with_other_settings_is_refused_before_any_run_trains(permutatio
     ('--config.model.depth=3', '--config.model.depth: no such field in the recipe'),
     ('--config=configs/no_such_recipe.py', 'Cannot load the recipe: .* No such file'),
     ('--config=README.md', r'--config=README.md is not a recipe: give a Python file'),
+    (('--config.total_steps=3', '--config=configs/digits.py'),
+     r'--config.total_steps=3 comes before --config: give --config=configs/digits.py first'),
 ])
 def test_unknown_study_options_are_one_line_errors(tmp_path, flag, message):
+  flags = [flag] if isinstance(flag, str) else list(flag)
   with pytest.raises(UserError, match=message) as error:
-    permutation.main(['permutation.py', f'--workdir={tmp_path}', flag])
+    permutation.main(['permutation.py', f'--workdir={tmp_path}', *flags])
   assert '\n' not in str(error.value)
   assert not list(tmp_path.iterdir())  # nothing trained
 
