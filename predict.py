@@ -35,23 +35,9 @@ _LABELS = flags.DEFINE_string(
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.', lower_bound=1)
 
 
-def run_file(checkpoint: str, name: str) -> epath.Path | None:
-  """The file `name` of the train.py run that `checkpoint` (a workdir or a step folder) is
-  from, where there is one."""
-  folder = paths.resolve(checkpoint)
-  if not folder.is_dir():
-    return None
-  if folder.name.isdigit() and folder.parent.name == 'checkpoints':  # checkpoints/<step>
-    folder = folder.parent.parent
-  elif folder.name == 'checkpoints':
-    folder = folder.parent
-  path = folder / name
-  return path if path.exists() else None
-
-
 def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
   """The config.json of the train.py run that `checkpoint` is from."""
-  saved = run_file(checkpoint, 'config.json')
+  saved = checkpoints.run_file(checkpoint, 'config.json')
   return ml_collections.ConfigDict(json.loads(saved.read_text())) if saved else None
 
 
@@ -59,18 +45,17 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
   """Class probabilities (len(image_files), classes) at the weights' training resolution.
 
   Images from a train.py run are prepared as its evaluation prepared them (resize and central
-  crop, or the small-image resize; an input permutation), with its GELU; other weights get the
-  whole image resized, as the official fine-tuning evaluates, and timm's exact GELU for timm's.
+  crop, or the small-image resize; an input permutation); other weights get the whole image
+  resized, as the official fine-tuning evaluates. Each runs with the GELU its weights were
+  trained with (timm's: the exact one).
   """
   kwargs = checkpoints.model_kwargs(params)
   resolution = kwargs.pop('resolution')
   config = run_config(checkpoint)
   if config is not None:
     config.image_size = resolution
-    kwargs['approximate_gelu'] = config.model.get('approximate_gelu', True)
-  elif paths.resolve(checkpoint).suffix in checkpoints.TIMM_SUFFIXES:
-    kwargs['approximate_gelu'] = False
-  model = models.MlpMixer(**kwargs)
+  model = models.MlpMixer(**kwargs, approximate_gelu=checkpoints.trained_gelu(checkpoint)
+                         is not False)  # unknown: the official code's tanh GELU
   images = []
   for path in image_files:
     try:
@@ -124,7 +109,7 @@ def main(argv):
   if _LABELS.value:
     labels = read_labels(_LABELS.value, num_classes)
   else:  # a train.py run's class names (its data set's), where it wrote them
-    saved = run_file(_CHECKPOINT.value, 'labels.txt')
+    saved = checkpoints.run_file(_CHECKPOINT.value, 'labels.txt')
     labels = read_labels(saved, num_classes, str(saved)) if saved else None
   for path, p in zip(image_files, classify(params, image_files, _CHECKPOINT.value)):
     print(path)

@@ -12,7 +12,7 @@ in 9.6 h; Mixer-L/16 98.34%. `smoke` shrinks everything to run in seconds (tests
 """
 import ml_collections
 
-from configs import smoke
+from configs import smoke, table1
 
 STEPS = {'cifar10': 10_000, 'cifar100': 10_000, 'oxford_iiit_pet': 500,
          'oxford_flowers102': 500, 'imagenet2012': 20_000}
@@ -35,13 +35,13 @@ def get_config(arg: str = 'B/16,cifar10') -> ml_collections.ConfigDict:
   config.randaug_layers = 0  # RandAugment ops per image (0: off); the paper fine-tunes without
   config.randaug_magnitude = 0.0  # on the 0-10 scale; 15 and 20 extrapolate
 
-  # Model: a Table 1 variant; `model` fields override its sizes.
+  # Model: a Table 1 variant; a size set in `model` replaces its own.
   config.variant = variant
-  # approximate_gelu: False for timm weights; remat: recompute activations, for less memory.
-  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True, remat=False))
+  config.model = table1.model()
   config.stoch_depth = 0.0
   config.dtype = 'bfloat16'  # compute dtype; use 'float32' on CPU
-  config.init_from = ''  # the pre-trained weights: .npz, timm file or workdir
+  # The pre-trained weights: .npz, timm file or workdir. Unset is an error; '' trains from random.
+  config.init_from = ml_collections.config_dict.placeholder(str)
 
   # Optimisation.
   config.batch_size = 512

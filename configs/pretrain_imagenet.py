@@ -12,7 +12,7 @@ memory, keep batch_size=4096 and raise grad_accum_steps. `smoke` runs it in seco
 """
 import ml_collections
 
-from configs import smoke
+from configs import smoke, table1
 
 TRAIN_EXAMPLES = 1_268_355  # train[:99%] of imagenet2012
 
@@ -34,8 +34,7 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
 
   # Model.
   config.variant = variant
-  # remat recomputes each block's activations in the backward pass: L and H fit smaller memories.
-  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True, remat=False))
+  config.model = table1.model()
   config.stoch_depth = 0.1
   config.dtype = 'bfloat16'
   config.init_from = ''

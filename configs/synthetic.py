@@ -12,7 +12,7 @@ chance. Needs JAX alone: without TensorFlow, metrics go to metrics.jsonl only.
 """
 import ml_collections
 
-from configs import smoke
+from configs import smoke, table1
 
 
 def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
@@ -28,7 +28,7 @@ def get_config(arg: str = 'B/16') -> ml_collections.ConfigDict:
 
   # Model.
   config.variant = variant
-  config.model = ml_collections.ConfigDict(dict(approximate_gelu=True, remat=False))
+  config.model = table1.model()
   config.stoch_depth = 0.0
   config.dtype = 'bfloat16'
   config.init_from = ''

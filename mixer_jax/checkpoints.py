@@ -6,6 +6,7 @@ names every path that does not fit.
 """
 import contextlib
 import io
+import json
 import math
 import zipfile
 from typing import Any, Sequence
@@ -17,7 +18,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
-from mixer_jax import paths
+from mixer_jax import models, paths, validation
 from mixer_jax.errors import UserError
 
 
@@ -317,6 +318,31 @@ def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:
                       f'({_first_line(e)}).') from e
 
 
+def run_file(weights, name: str) -> epath.Path | None:
+  """The file `name` of the train.py run that `weights` (a workdir, its checkpoints folder or a
+  checkpoints/<step> folder) is from, where there is one."""
+  folder = paths.resolve(weights)
+  if not folder.is_dir():
+    return None
+  if folder.name.isdigit() and folder.parent.name == 'checkpoints':
+    folder = folder.parent.parent
+  elif folder.name == 'checkpoints':
+    folder = folder.parent
+  path = folder / name
+  return path if path.exists() else None
+
+
+def trained_gelu(weights) -> bool | None:
+  """Whether the weights at `weights` were trained with the tanh-approximate GELU (None: not
+  known). The official .npz files were (flax's nn.gelu), timm's were not (PyTorch's nn.GELU),
+  and a train.py run's config.json says which it used."""
+  suffix = paths.resolve(weights).suffix
+  if suffix in ('.npz', *TIMM_SUFFIXES):
+    return suffix == '.npz'
+  saved = run_file(weights, 'config.json')
+  return json.loads(saved.read_text()).get('model', {}).get('approximate_gelu') if saved else None
+
+
 def model_kwargs(params) -> dict[str, Any]:
   """The architecture a parameter tree describes, and the resolution it was trained at."""
   stem = params['stem']['kernel']
@@ -330,6 +356,17 @@ def model_kwargs(params) -> dict[str, Any]:
               resolution=grid * stem.shape[0])
 
 
+def model_flags(params) -> str:
+  """How to configure the model `params` are weights of: its Table 1 variant, else its sizes."""
+  kw = model_kwargs(params)
+  sizes = {k: kw[k] for k in validation.MODEL_SIZES}
+  for name, variant in models.VARIANTS.items():
+    if variant == sizes:
+      return f'fine-tune the variant they were trained with, --config.variant={name}'
+  return "set the sizes they were trained with, --config.variant='' " + ' '.join(
+      f'--config.model.{k}={v}' for k, v in sizes.items())
+
+
 def resolution_factor(params, image_size: int, patch_size: int) -> int:
   """K such that a model of `patch_size` at `image_size` is the K x K expansion of `params`
   (1: same size)."""
@@ -337,8 +374,7 @@ def resolution_factor(params, image_size: int, patch_size: int) -> int:
   old, patch = kw['resolution'], kw['patch_size']
   if patch != patch_size:  # else the token counts differ and it looks like a resolution change
     raise UserError(f'The weights have {patch}x{patch} patches, the model the config describes '
-                    f'{patch_size}x{patch_size}: set --config.model.patch_size={patch}, or the '
-                    'variant the weights were trained with.')
+                    f'{patch_size}x{patch_size}: {model_flags(params)}.')
   if image_size % old:
     raise UserError(
         f'The weights were trained at {old}x{old} (patch {patch}): a model at {image_size}x'
@@ -391,6 +427,7 @@ def adapt(loaded, init_params, factor: int = 1):
   replaced by the model's fresh (zero) head otherwise. Anything else that differs is an error
   naming every offending path.
   """
+  trained_as = model_flags(loaded)
   loaded = expand_token_mixing(dict(loaded), factor)
   if 'head' in init_params and ('head' not in loaded or tree_mismatches(init_params['head'],
                                                                         loaded['head'])):
@@ -402,5 +439,5 @@ def adapt(loaded, init_params, factor: int = 1):
   if mismatches:
     raise UserError('The weights do not fit the model the config describes:\n  '
                     + '\n  '.join(mismatches)
-                    + '\nChoose the variant (or model sizes) the weights were trained with.')
+                    + f'\nTo use these weights, {trained_as}.')
   return jax.tree.map(lambda new, old: np.asarray(old, np.asarray(new).dtype), init_params, loaded)

@@ -116,8 +116,10 @@ def variant_name(variant: str) -> str:
 
 
 def create_model(variant: str, num_classes: Optional[int] = 1000, **overrides) -> MlpMixer:
-  """A Table 1 variant by name ('B/16' or 'Mixer-B/16'); keyword overrides win."""
+  """A Table 1 variant by name ('B/16' or 'Mixer-B/16'); keyword overrides win, but None (a
+  recipe's unset size) keeps the variant's."""
   name = variant_name(variant)
   if name not in VARIANTS:
     raise UserError(f'Unknown Mixer variant {variant!r}: choose one of {", ".join(VARIANTS)}.')
-  return MlpMixer(num_classes=num_classes, **{**VARIANTS[name], **overrides})
+  given = {k: v for k, v in overrides.items() if v is not None}
+  return MlpMixer(num_classes=num_classes, **{**VARIANTS[name], **given})

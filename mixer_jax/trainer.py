@@ -325,6 +325,17 @@ def config_changes(workdir: epath.Path, config) -> list[str]:
                                                                flat_settings(config))]
 
 
+def warn_of_another_gelu(config, init_params):
+  """A warning where the weights were trained with the other GELU than model.approximate_gelu's."""
+  trained = ckpt.trained_gelu(config.init_from) if init_params else None
+  ours = config.model.get('approximate_gelu')
+  if None not in (trained, ours) and trained != ours:
+    kinds = {True: 'tanh-approximate GELU', False: 'exact GELU'}
+    logging.warning('%s was trained with the %s, and model.approximate_gelu=%s computes the %s: '
+                    'set --config.model.approximate_gelu=%s to fine-tune with the GELU of the '
+                    'weights.', config.init_from, kinds[trained], ours, kinds[ours], trained)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
                        build=build_model) -> dict[str, Any]:
   """Trains to `config.total_steps`, resuming from the newest checkpoint in `workdir`.
@@ -361,7 +372,12 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   if resuming and not config.init_from:  # config.json keeps the weights the run started from
     config = config.copy_and_resolve_references()
     config.init_from = (saved_config(workdir) or {}).get('init_from', '')
+  if config.init_from is None and not resuming:  # None, not '': a recipe that fine-tunes
+    raise UserError('This recipe fine-tunes pre-trained weights, and init_from is not set: give '
+                    f'--config.init_from=WEIGHTS ({ckpt.WEIGHT_KINDS}), or '
+                    "--config.init_from='' to train from random weights.")
   init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
+  warn_of_another_gelu(config, init_params)
   factor = ckpt.resolution_factor(init_params, config.image_size, validation.model_sizes(
       config)['patch_size']) if init_params else 1  # before the data: a mistake found at once
   data = data_source(config)

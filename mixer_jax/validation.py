@@ -42,7 +42,7 @@ def model_sizes(config) -> dict[str, int]:
   if variant and variant not in models.VARIANTS:
     raise UserError(f'variant={config.variant!r} is not a Table 1 variant: use one of '
                     f'{", ".join(models.VARIANTS)}, or \'\' with the sizes in config.model.')
-  given = {k: config.model[k] for k in MODEL_SIZES if k in config.model}
+  given = {k: config.model[k] for k in MODEL_SIZES if config.model.get(k) is not None}
   if variant and len(given) == len(MODEL_SIZES):
     raise UserError(
         f'variant={config.variant} would have no effect: config.model sets all of its sizes ('

@@ -186,7 +186,9 @@ def test_resolution_that_is_not_a_multiple_is_a_clear_error(params):
     checkpoints.resolution_factor(params, 24, 4)
   # Patch 8 at 32 px has the weights' 16 tokens: before, a "2x" expansion, then wrong shapes.
   with pytest.raises(UserError, match=r'The weights have 4x4 patches, the model the config '
-                                      r'describes 8x8: set --config.model.patch_size=4'):
+                     r"describes 8x8: set the sizes they were trained with, --config.variant='' "
+                     r'--config.model.num_blocks=2 --config.model.patch_size=4 --config.model.hidden_dim=32 '
+                     r'--config.model.tokens_mlp_dim=16 --config.model.channels_mlp_dim=64\.$'):
     checkpoints.resolution_factor(params, 32, 8)
 
 
@@ -231,6 +233,10 @@ def test_weights_of_another_variant_are_a_clear_error():
   lines = checkpoints.tree_mismatches(s32, b32)
   assert 'stem/kernel: expected (32, 32, 3, 512), found (32, 32, 3, 768)' in lines
   assert 'MixerBlock_8/LayerNorm_0/bias: unexpected, found (768,)' in lines
+  with pytest.raises(UserError, match=r'\n  stem/kernel: expected \(32, 32, 3, 512\), found .*\n'
+                     r'To use these weights, fine-tune the variant they were trained with, '
+                     r'--config.variant=B/32\.$'):
+    checkpoints.adapt(b32, s32)
 
 
 def test_orbax_workdir_loads_parameters_only(tmp_path):
@@ -306,3 +312,27 @@ def test_checkpoint_left_half_written_by_a_kill_is_ignored(tmp_path):
                                        str(tmp_path))
   assert results['step'] == 30
   assert step_folders(tmp_path)[-1] == 30
+
+
+def test_weights_trained_with_the_other_gelu_are_warned_of(tmp_path, caplog):
+  """timm's weights use the exact GELU, the official .npz the tanh one; a run says which."""
+  exact = small_config(total_steps=2, log_every=2, eval_every=2, checkpoint_every=2)
+  exact.model.approximate_gelu = False
+  trainer.train_and_evaluate(exact, str(tmp_path / 'exact'))
+  for weights in ('exact', 'exact/checkpoints', 'exact/checkpoints/2', 'w.pth', 'w.safetensors'):
+    assert checkpoints.trained_gelu(str(tmp_path / weights)) is False, weights
+  checkpoints.save_npz(checkpoints.load_params(str(tmp_path / 'exact')), tmp_path / 'w.npz')
+  assert checkpoints.trained_gelu(str(tmp_path / 'w.npz')) is True
+  (tmp_path / 'bare').mkdir()
+  assert checkpoints.trained_gelu(str(tmp_path / 'bare')) is None  # no config.json: unknown
+
+  caplog.set_level('WARNING', logger='absl')
+  tanh = dict(total_steps=2, log_every=2, eval_every=2, checkpoint_every=2)  # the default GELU
+  trainer.train_and_evaluate(small_config(init_from=str(tmp_path / 'w.npz'), **tanh),
+                             str(tmp_path / 'from_npz'))
+  assert 'GELU' not in caplog.text
+  trainer.train_and_evaluate(small_config(init_from=str(tmp_path / 'exact'), **tanh),
+                             str(tmp_path / 'from_run'))
+  assert (f"{tmp_path / 'exact'} was trained with the exact GELU, and model.approximate_gelu=True "
+          'computes the tanh-approximate GELU: set --config.model.approximate_gelu=False'
+          in caplog.text)

@@ -51,6 +51,7 @@ def test_parameter_names_match_official_checkpoints():
 def test_create_model_names():
   assert models.create_model('Mixer-S/32') == models.create_model('S/32')
   assert models.create_model('S/32', num_blocks=2).num_blocks == 2
+  assert models.create_model('S/32', patch_size=None).patch_size == 32  # a recipe's unset size
   with pytest.raises(ValueError, match='Unknown Mixer variant .*B/16'):
     models.create_model('B/8')
 

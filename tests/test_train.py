@@ -149,6 +149,11 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
     (['--config', 'configs/finetune.py:B/16,cifar10', '--config.lr=1'],
      r'--config.lr: no such field in configs/finetune.py:B/16,cifar10. Its fields are: .*'
      r'learning_rate'),
+    (['--config.total_steps=3', '--config', 'configs/finetune.py:S/32,digits'],
+     r'--config.total_steps=3 comes before --config: give --config=configs/finetune.py:S/32,'
+     r'digits first, then the --config.<field>=<value> settings'),  # config_flags: no fix named
+    (['--config=configs/finetune.py:S/32,digits'], r'This recipe fine-tunes pre-trained '
+                                                   r'weights, and init_from is not set'),
     (['--config=configs/nope.py'], r'--config=configs/nope.py: no such file'),
     (['--config=README.md'], r'--config=README.md is not a recipe: give a Python file with '
                              r'get_config\(\)'),  # e.g. a run's config.json
