@@ -427,8 +427,7 @@ def adapt(loaded, init_params, factor: int = 1):
   replaced by the model's fresh (zero) head otherwise. Anything else that differs is an error
   naming every offending path.
   """
-  trained_as = model_flags(loaded)
-  loaded = expand_token_mixing(dict(loaded), factor)
+  as_trained, loaded = loaded, expand_token_mixing(dict(loaded), factor)
   if 'head' in init_params and ('head' not in loaded or tree_mismatches(init_params['head'],
                                                                         loaded['head'])):
     logging.info('The weights\' head (%s classes) is replaced by a new zero head of %d classes.',
@@ -439,5 +438,5 @@ def adapt(loaded, init_params, factor: int = 1):
   if mismatches:
     raise UserError('The weights do not fit the model the config describes:\n  '
                     + '\n  '.join(mismatches)
-                    + f'\nTo use these weights, {trained_as}.')
+                    + f'\nTo use these weights, {model_flags(as_trained)}.')
   return jax.tree.map(lambda new, old: np.asarray(old, np.asarray(new).dtype), init_params, loaded)
