@@ -48,10 +48,17 @@ def tree_mismatches(expected, found) -> list[str]:
 
 def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
   # Saves are asynchronous and atomic: a step folder appears only once it is complete, so a
-  # run killed while writing leaves the previous checkpoints as they were.
-  return ocp.CheckpointManager(workdir / 'checkpoints',
-                               options=ocp.CheckpointManagerOptions(max_to_keep=keep),
-                               item_handlers=ocp.StandardCheckpointHandler())
+  # run killed while writing leaves the previous checkpoints as they were, plus the partial
+  # write in a <step>.orbax-checkpoint-tmp-* folder, which orbax removes here.
+  folder = workdir / 'checkpoints'
+  unfinished = (sorted(p.name for p in folder.glob('*.orbax-checkpoint-tmp*'))
+                if jax.process_index() == 0 and folder.exists() else [])
+  if unfinished:
+    logging.warning('Removing %d unfinished checkpoint write(s) left by a run stopped while '
+                    'saving: %s.', len(unfinished), ', '.join(str(folder / n) for n in unfinished))
+  return ocp.CheckpointManager(
+      folder, options=ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True),
+      item_handlers=ocp.StandardCheckpointHandler())
 
 
 @contextlib.contextmanager
@@ -160,12 +167,13 @@ def load_npz(path) -> dict[str, Any]:
     raise UserError(f'Cannot read {path} ({_first_line(e)}).') from e
   if not zipfile.is_zipfile(data):  # else np.load takes it for a pickle and says so
     raise UserError(f'Cannot read {path} as an .npz checkpoint: it is not a zip archive, as an '
-                    '.npz is (a truncated download, or another kind of file).')
+                    '.npz is (a truncated download, or another kind of file). Download it again.')
   try:
     with np.load(data) as f:
       flat = {k: f[k] for k in f.files}
   except (ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise UserError(f'Cannot read {path} as an .npz checkpoint ({e}).') from e
+    raise UserError(f'Cannot read {path} as an .npz checkpoint ({e}): it is damaged. Download it '
+                    'again.') from e
   params = traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
   return _from_pre_linen(params) if 'Mixer' in params else params
 
@@ -273,6 +281,13 @@ def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[st
   resolved = paths.resolve(path)
   try:
     if not resolved.exists():
+      kept = (sorted(int(p.name) for p in resolved.parent.iterdir() if p.name.isdigit())
+              if resolved.name.isdigit() and resolved.parent.name == 'checkpoints' and
+              resolved.parent.is_dir() else [])
+      if kept:  # a step that the run never saved, or has since deleted (keep_checkpoints)
+        raise UserError(f'{setting}={path} does not exist: that run holds the checkpoints of '
+                        f'steps {", ".join(map(str, kept))}; give one of those, or the run\'s '
+                        'folder for its newest.')
       raise UserError(f'{setting}={path} does not exist: {WEIGHT_KINDS}.')
     if resolved.suffix == '.npz':
       params = load_npz(resolved)

@@ -246,6 +246,9 @@ def test_orbax_workdir_loads_parameters_only(tmp_path):
   assert set(newest) >= {'stem', 'head', 'MixerBlock_1'} and 'opt_state' not in newest
   assert isinstance(newest['stem']['kernel'], np.ndarray)
   assert not np.array_equal(newest['stem']['kernel'], older['stem']['kernel'])
+  with pytest.raises(UserError, match=r'--checkpoint=.*checkpoints/7 does not exist: that run '
+                     r'holds the checkpoints of steps 5, 10; give one of those, or the run\'s'):
+    checkpoints.load_params(str(tmp_path / 'checkpoints' / '7'), '--checkpoint')
 
 
 def npz_of_other_arrays(path):
@@ -257,6 +260,15 @@ def truncated_npz(path):
   np.savez(path / 'cut.npz', **{'stem/kernel': np.zeros((4, 4, 3, 8))})
   (path / 'cut.npz').write_bytes((path / 'cut.npz').read_bytes()[:100])
   return path / 'cut.npz'
+
+
+def damaged_npz(path):
+  """One flipped bit inside an array's data, as a bad disk or copy leaves: the zip's CRC fails."""
+  np.savez(path / 'flipped.npz', **{'stem/kernel': np.zeros((4, 4, 3, 8))})
+  data = bytearray((path / 'flipped.npz').read_bytes())
+  data[200] ^= 1  # past the zip entry's and the .npy header, in the zeros
+  (path / 'flipped.npz').write_bytes(bytes(data))
+  return path / 'flipped.npz'
 
 
 def text_file(path):
@@ -284,7 +296,9 @@ def run_before_its_first_checkpoint(path):
     (lambda path: path / 'nowhere.npz', r'init_from=.*nowhere.npz does not exist: give an .npz'),
     (text_file, r'init_from=.*notes.txt is a file of unknown kind: give an .npz'),
     (npz_of_other_arrays, r'init_from=.*other.npz holds no Mixer parameters \(it has a, b\)'),
-    (truncated_npz, r'Cannot read .*cut.npz as an .npz checkpoint'),
+    (truncated_npz, r'Cannot read .*cut.npz as an .npz checkpoint.*Download it again\.$'),
+    (damaged_npz, r'Cannot read .*flipped.npz as an .npz checkpoint \(Bad CRC-32 .*\): it is '
+                  r'damaged. Download it again\.$'),
     (garbage_safetensors, r'Cannot read .*model.safetensors as timm weights \('),
     (lambda path: path / 'text.npz', r'text.npz as an .npz checkpoint: it is not a zip archive'),
     pytest.param(lambda path: path / 'empty.pth', r'empty.pth as timm weights \(EOFError: the '
@@ -302,7 +316,8 @@ def test_weights_of_the_wrong_kind_are_one_clear_error(tmp_path, make, message):
     checkpoints.load_params(str(make(tmp_path)))
 
 
-def test_checkpoint_left_half_written_by_a_kill_is_ignored(tmp_path):
+def test_checkpoint_left_half_written_by_a_kill_is_said_removed_and_ignored(tmp_path, caplog):
+  caplog.set_level('INFO')
   trainer.train_and_evaluate(small_config(total_steps=20, checkpoint_every=10), str(tmp_path))
   # What a SIGKILL during the save of step 30 leaves: orbax's temporary folder, never renamed.
   partial = tmp_path / 'checkpoints' / '30.orbax-checkpoint-tmp-1795620000'
@@ -312,6 +327,10 @@ def test_checkpoint_left_half_written_by_a_kill_is_ignored(tmp_path):
                                        str(tmp_path))
   assert results['step'] == 30
   assert step_folders(tmp_path)[-1] == 30
+  assert not partial.exists()
+  assert f'Removing 1 unfinished checkpoint write(s) left by a run stopped while saving: ' \
+         f'{partial}.' in caplog.text
+  assert 'Resumed from' in caplog.text and 'at step 20' in caplog.text
 
 
 def test_weights_trained_with_the_other_gelu_are_warned_of(tmp_path, caplog):
