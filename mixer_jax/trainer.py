@@ -152,7 +152,10 @@ class MetricsLog:
     self.writer = None
     self.path = workdir / 'metrics.jsonl'
     if self.is_main:
-      dropped = self._keep(lambda record: record['step'] <= start_step)
+      torn, dropped = self._keep(lambda record: record['step'] <= start_step)
+      if torn:
+        logging.info('metrics.jsonl: dropped %d line(s) that were not whole records, as a run '
+                     'stopped while writing one leaves.', torn)
       if dropped:
         logging.info('metrics.jsonl: dropped %d records of steps after %d, which this run '
                      'repeats.', dropped, start_step)
@@ -162,19 +165,22 @@ class MetricsLog:
       except ImportError as e:
         logging.warning('No TensorBoard events (%s); metrics go to metrics.jsonl only.', e)
 
-  def _keep(self, keep) -> int:
+  def _keep(self, keep) -> tuple[int, int]:
     """Rewrites metrics.jsonl with the records that `keep`; a line torn by a kill goes too.
 
-    Returns how many lines went; remembers the (step, split) of those kept.
+    Returns how many torn lines and how many records went; remembers the (step, split) of
+    those kept.
     """
     lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
-    kept = [line for line in lines if (r := _record(line)) is not None and keep(r)]
+    records = [_record(line) for line in lines]
+    kept = [line for line, r in zip(lines, records) if r is not None and keep(r)]
     if len(kept) < len(lines):
       tmp = self.path.with_name('metrics.jsonl.tmp')
       tmp.write_text(''.join(kept))
       tmp.replace(self.path)
     self.logged = {(r['step'], r['split']) for r in map(_record, kept)}
-    return len(lines) - len(kept)
+    torn = sum(r is None for r in records)
+    return torn, len(lines) - len(kept) - torn
 
   def write(self, step: int, split: str, metrics: dict[str, float]):
     if self.is_main:

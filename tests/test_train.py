@@ -89,7 +89,8 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
                restore_params(tmp_path / 'killed', 80), restore_params(tmp_path / 'whole', 80))
 
 
-def test_a_resumed_run_logs_each_step_once(tmp_path):
+def test_a_resumed_run_logs_each_step_once(tmp_path, caplog):
+  caplog.set_level('INFO')
   config = small_config(total_steps=40)
   config.model.update(num_blocks=1, hidden_dim=16)  # compiles fast
   trainer.train_and_evaluate(config, str(tmp_path))
@@ -102,6 +103,10 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
 
   trainer.train_and_evaluate(config, str(tmp_path))
   resumed = [json.loads(line) for line in metrics.read_text().splitlines()]
+  repeated = sum(r['step'] > 20 for r in whole)
+  assert ('metrics.jsonl: dropped 1 line(s) that were not whole records, as a run stopped while '
+          'writing one leaves.') in caplog.text
+  assert f'metrics.jsonl: dropped {repeated} records of steps after 20, which' in caplog.text
   assert [(r['step'], r['split']) for r in resumed] == [(r['step'], r['split']) for r in whole]
   assert [(20, 'train'), (20, 'test')] == [(r['step'], r['split']) for r in whole[1:3]]
   for a, b in zip(resumed, whole):
