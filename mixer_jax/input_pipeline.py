@@ -212,11 +212,15 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
   name = config.dataset
   tfds_split = _tfds_split(name, split)
   where = config.data_dir or '~/tensorflow_datasets'
+  data_dir = str(paths.resolve(config.data_dir)) if config.data_dir else None
+  if data_dir and tf.io.gfile.exists(data_dir) and not tf.io.gfile.isdir(data_dir):
+    raise UserError(f'--config.data_dir={config.data_dir} is a file, not a folder: give the '
+                    f'folder that `tfds build {name} --data_dir=DIR` filled (DIR, which holds '
+                    f'{name}/).')
   try:
     return tfds.load(
         name, split=tfds.even_splits(tfds_split, n=process_count)[process_index],
-        data_dir=str(paths.resolve(config.data_dir)) if config.data_dir else None,
-        download=False, with_info=True, as_supervised=True,
+        data_dir=data_dir, download=False, with_info=True, as_supervised=True,
         shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
         decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
   except ValueError as e:  # DatasetNotFoundError is one, and so is a name tfds cannot parse

@@ -161,6 +161,15 @@ def test_data_set_not_on_disk_fails_at_once_with_where_and_how(tmp_path):
       (tmp_path / 'run' / 'checkpoints').iterdir())
 
 
+def test_data_dir_that_is_a_file_is_named_as_one(tmp_path):
+  config = finetune.get_config('S/32,cifar10,smoke')
+  config.data_dir = str(tmp_path / 'cifar10.tar')
+  (tmp_path / 'cifar10.tar').write_bytes(b'not a folder')
+  with pytest.raises(UserError, match=rf'--config.data_dir={tmp_path}/cifar10.tar is a file, not '
+                     r'a folder: give the folder that `tfds build cifar10 --data_dir=DIR` filled'):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
 class TinyTwoSplits(tfds.core.GeneratorBasedBuilder):
   """A prepared tensorflow-datasets data set with train and test splits only."""
   VERSION = tfds.core.Version('1.0.0')
