@@ -123,11 +123,14 @@ def check_flags() -> list[str]:
   for name, flag in (('resolution', _RESOLUTION), ('repeats', _REPEATS)):
     if flag.value < 1:
       raise errors.UserError(f'--{name}={flag.value}: must be at least 1.')
-  for name, flag in (('steps', _STEPS), ('matmul_size', _MATMUL_SIZE), ('devices', _DEVICES),
-                     ('compile_threads', _COMPILE_THREADS), ('deadline', _DEADLINE),
-                     ('memory_limit_gb', _MEMORY_LIMIT)):
+  for name, flag, zero in (('steps', _STEPS, 'automatic'),
+                           ('matmul_size', _MATMUL_SIZE, 'automatic'),
+                           ('devices', _DEVICES, 'all'),
+                           ('compile_threads', _COMPILE_THREADS, 'automatic'),
+                           ('deadline', _DEADLINE, 'no limit'),
+                           ('memory_limit_gb', _MEMORY_LIMIT, "the device's own limit")):
     if flag.value < 0:
-      raise errors.UserError(f'--{name}={flag.value}: must be 0 (automatic) or positive.')
+      raise errors.UserError(f'--{name}={flag.value}: must be 0 ({zero}) or positive.')
   if _JSON_OUT.value:  # now, rather than after the timing
     paths.open_to_append(_JSON_OUT.value, 'json_out').close()
   if _DEVICES.value > jax.device_count():
@@ -570,7 +573,8 @@ def main(argv):
           f'{jax.default_backend()}. ' if 'ours' in _IMPL.value else '')
   print(f'{ours}MFU against the rate of a '
         f'{n}x{n} {_DTYPE.value} matmul on one {devices[0].device_kind} device, timed in the '
-        f'same rounds; freed host memory kept: {kept}', flush=True)
+        f'same rounds; freed host memory kept: {kept}; '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "") or "(none)"}', flush=True)
   formulations_timed = list(dict.fromkeys(formulation_of(i) for i in _IMPL.value
                                           if i not in _CHILDREN))
   threads = _COMPILE_THREADS.value or (1 if on_cpu else 8)

@@ -194,6 +194,9 @@ def test_throughput_arithmetic_is_consistent(check):
     assert [r['impl'] for r in lines if r['mode'] == mode] == order[:5 if _has_timm() else 4]
     # One matmul rate for the whole measurement: it was timed in the same rounds as the models.
     assert len({r['matmul_tflops_per_sec_per_device'] for r in lines if r['mode'] == mode}) == 1
+  # The header names the XLA_FLAGS of every record, which the JSON lines also hold.
+  assert len({r['xla_flags'] for r in lines}) == 1
+  assert f"XLA_FLAGS={lines[0]['xla_flags'] or '(none)'}\n" in stdout
   for r in lines:
     assert r['images_per_sec'] == pytest.approx(
         r['devices'] * r['batch_per_device'] / (r['step_ms'] / 1e3))
@@ -215,6 +218,7 @@ def test_throughput_flags_are_checked_before_anything_runs():
                         ('--batch_size=0', 'give positive integers or auto'),
                         ('--variant=S/32,B/16,S/32', '--variant=S/32,B/16,S/32: S/32 given twice'),
                         ('--memory_limit_gb=-1', '--memory_limit_gb=-1.0: must be 0'),
+                        ('--deadline=-5', '--deadline=-5.0: must be 0 (no limit) or positive'),
                         ('--resolution=100', 'not a multiple of the patch sizes 32'),
                         ('--json_out=/nowhere/out.jsonl', '--json_out=/nowhere/out.jsonl cannot '
                          'be written')):
