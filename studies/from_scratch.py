@@ -13,9 +13,10 @@ pre-activation ResNets (studies/resnet.py: UNITS residual units in each of 3 sta
 channels doubling per stage). Runs land in <workdir>/<model>_seed<k>, and a rerun reuses
 finished runs of the same settings; from_scratch.png (accuracy against parameters, mean and standard deviation over
 seeds, each seed a dot) and from_scratch.json (parameters, per-seed accuracies, mean, std) go
-to <workdir>.
+to <workdir>, showing the models of this command (it names those a previous one also showed).
 """
 import copy
+import json
 import os
 import sys
 from typing import Sequence
@@ -102,6 +103,16 @@ def plot(rows: list[dict], recipe):
   return figure
 
 
+def models_left_out(workdir: str, rows: list[dict]) -> list[str]:
+  """The models of the from_scratch.json already in `workdir` that `rows` leave out."""
+  try:
+    with open(os.path.join(workdir, 'from_scratch.json')) as f:
+      before = {r['model'] for r in json.load(f)['results']}
+  except (OSError, ValueError, KeyError, TypeError):  # none yet, or not ours to read
+    return []
+  return sorted(before - {r['model'] for r in rows})
+
+
 def main(argv: Sequence[str]) -> None:
   values, _ = study.parse_flags(argv, __doc__, lambda v: define_flags(v, argv))
   seeds = study.int_list(values.seeds, 'seeds', minimum=0, unique=True)
@@ -128,7 +139,12 @@ def main(argv: Sequence[str]) -> None:
   text = study.format_table(rows, ['model', 'params', 'mean', 'std', 'accuracies'])
   table = {'dataset': recipe.dataset, 'steps': recipe.total_steps, 'seeds': seeds,
            'eval_split': recipe.eval_split, 'results': rows}
+  left_out = models_left_out(values.workdir, rows)
   study.write_outputs(values.workdir, 'from_scratch', plot(rows, recipe), table, text)
+  if left_out:
+    print(f'The previous from_scratch.png and .json also showed {", ".join(left_out)}; their '
+          f'runs are kept in {values.workdir}: name them in --mixers or --resnets to show them '
+          f'again.', flush=True)
 
 
 if __name__ == '__main__':

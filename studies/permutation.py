@@ -1,6 +1,6 @@
 """Input-permutation study (paper section 3.4, Figure 4): does a model need pixels in their places?
 
-  python studies/permutation.py                                   # digits, about 5 min on 2 CPU cores
+  python studies/permutation.py                                   # digits, about 4 min on 2 CPU cores
   python studies/permutation.py --shuffle=test_only               # the experiment people mistake it for
   python studies/permutation.py --config=configs/cifar10_scratch.py:4 --config.data_dir=DIR \\
       --resnet_stage_sizes=2,2,2,2 --resnet_width=64 --workdir=runs/permutation_cifar10

@@ -69,9 +69,11 @@ def build_models(values, resolution: int) -> dict[str, tuple]:
                channels_mlp_dim=max(1, round(sizes['channels_mlp_dim'] * scale)),
                num_blocks=values.depth or sizes['num_blocks'])
   p = sizes['patch_size']
-  for r in (resolution, values.base_resolution):
+  for flag, r in (('resolutions', resolution), ('base_resolution', values.base_resolution)):
     if r % p:
-      raise UserError(f'Resolution {r} is not a multiple of the patch size {p}.')
+      nearest = sorted({max(p, r // p * p), (r // p + 1) * p})
+      raise UserError(f'--{flag}: {r} is not a multiple of the patch size {p} of '
+                      f'{values.variant}; use a multiple such as {" or ".join(map(str, nearest))}.')
   growth = (resolution // p) ** 2 / (values.base_resolution // p) ** 2
   dtype = jnp.dtype(values.dtype)
   # The formulation the trainer runs on this platform: the same function, timed at its fastest.

@@ -40,17 +40,27 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
     message = str(e)
     if 'Traceback' in message:  # a recipe's get_config refused its argument: its last line says why
       message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
+    message = message.strip().rstrip('.')  # a validator's own sentence ends before ours
     raise UserError(' '.join(f'{message} (--help lists the options).'.split())) from e
   if positional and not takes_arguments:
     raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the options).')
-  for name in ('out', 'workdir'):  # where the outputs go: now, rather than after the work
+  for name in ('out', 'workdir'):  # where the outputs go: checked now, rather than after the work
     if name in values:
-      try:
-        os.makedirs(values[name].value, exist_ok=True)
-      except OSError as e:
-        raise UserError(f'--{name}={values[name].value} cannot be made a folder ({e.strerror}): '
-                        'give a folder this user can write.') from e
+      check_can_make(values[name].value, name)
   return values, positional
+
+
+def check_can_make(folder: str, flag: str) -> None:
+  """Raises unless `folder` is, or can be made, a folder this user writes; makes nothing, so a
+  command that stops on another error leaves no empty folder behind."""
+  existing = os.path.abspath(folder)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  problem = ('Not a directory' if not os.path.isdir(existing) else
+             'Permission denied' if not os.access(existing, os.W_OK | os.X_OK) else None)
+  if problem:
+    raise UserError(f'--{flag}={folder} cannot be made a folder ({problem}): give a folder this '
+                    'user can write.')
 
 
 def define_recipe(values: flags.FlagValues, argv: Sequence[str]):

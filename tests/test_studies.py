@@ -273,11 +273,13 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, tiny_mixer_params
       ([f'--weights={tmp_path}/bad.npz', '--blocks=4'], 'no block among 4: they have 2 blocks'),
       ([f'--weights={tmp_path}/missing.npz'], 'does not exist'),
       ([f'--weights={tmp_path}/bad.npz', '--blocks=first'], '--blocks takes integers of at least 0'),
-      ([f'--weights={tmp_path}/bad.npz', '--columns=3'], '--columns=3: must be even.*use 2 or 4'),
+      ([f'--weights={tmp_path}/bad.npz', '--columns=3'],
+       r'--columns=3: must be even.*use 2 or 4 \(--help lists the options\)\.$'),
   ]:
     with pytest.raises(UserError, match=message) as error:
-      weights.main(['weights.py', *arguments, f'--out={tmp_path}'])
+      weights.main(['weights.py', *arguments, f'--out={tmp_path}/out'])
     assert '\n' not in str(error.value)
+    assert not (tmp_path / 'out').exists()  # checked writable, not made, before the error
 
 
 # --- Token-count scaling (section 2) ---
@@ -380,7 +382,10 @@ def test_scaling_interrupted_writes_the_resolutions_it_finished(tmp_path):
 def test_scaling_options_that_cannot_work_are_one_line_errors(tmp_path):
   for arguments, message in [(['--resolutions=224,abc'], '--resolutions takes integers of at least 1'),
                              (['--variant=Q/7'], "Unknown Mixer variant 'Q/7'"),
-                             (['--resolutions=100'], 'Resolution 100 is not a multiple of the patch size 16'),
+                             (['--resolutions=100'], '--resolutions: 100 is not a multiple of the '
+                              'patch size 16 of B/16; use a multiple such as 96 or 112\\.'),
+                             (['--base_resolution=8'], '--base_resolution: 8 is not a multiple '
+                              'of the patch size 16 of B/16; use a multiple such as 16\\.'),
                              (['--resolutions=224,448,224'], '--resolutions lists 224 more than once'),
                              (['--dtype=int8'], 'Unknown --dtype=int8')]:
     with pytest.raises(UserError, match=message):
@@ -458,6 +463,10 @@ def test_from_scratch_study_repeats_each_model_over_seeds(tmp_path, capsys):
           f'{tmp_path / "mixer_1x8_seed0"}\n') in capsys.readouterr().out
   assert read_json(tmp_path / 'from_scratch.json')['results'] == [rows['mixer_1x8']]
   assert [p.name for p in (tmp_path / 'mixer_1x8_seed0' / 'checkpoints').iterdir()] == ['2']
+  from_scratch.main([*arguments[:-3], '--mixers=1x4', '--resnets=', '--seeds=0'])
+  assert [r['model'] for r in read_json(tmp_path / 'from_scratch.json')['results']] == ['mixer_1x4']
+  assert (f'The previous from_scratch.png and .json also showed mixer_1x8; their runs are kept '
+          f'in {tmp_path}: name them in --mixers or --resnets') in capsys.readouterr().out
 
   values, _ = study.parse_flags(arguments[:-3] + ['--mixers=2x4', '--resnets=1x4,2x8'], '',
                                 lambda v: from_scratch.define_flags(v, arguments))
