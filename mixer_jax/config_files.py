@@ -138,6 +138,6 @@ def exit_on_unknown_fields(argv, config, error, default: str | None):
 def parse_flags(argv, default: str | None):
   """absl flag parsing for a program with a --config flag, mistakes reported in one line."""
   try:
-    return flags.FLAGS(argv)
+    return errors.absl_flags(argv)
   except (flags.Error, AttributeError, KeyError, TypeError) as e:  # config_flags' overrides
     exit_on_unknown_fields(argv, flags.FLAGS['config'].value, e, default)

@@ -111,9 +111,24 @@ def reported(main):
   return wrapped
 
 
+_HELP = {f'{dash}{name}' for dash in ('-', '--') for name in ('help', 'helpfull', 'helpshort',
+                                                               'helpxml', '?')}
+
+
+def absl_flags(argv):
+  """flags.FLAGS(argv), except that help asked for ends with status 0 (absl's is 1, a failure
+  to a shell or a script)."""
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as e:
+    if e.code == 1 and _HELP & set(argv[1:]):
+      sys.exit(0)
+    raise
+
+
 def parse_flags(argv):
   """absl's flag parsing, with a bad flag reported as one `error:` line."""
   try:
-    return flags.FLAGS(argv)
+    return absl_flags(argv)
   except flags.Error as e:
     exit_with(f'error: {e} (--helpfull lists the flags).')

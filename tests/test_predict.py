@@ -103,3 +103,11 @@ def _predict(tmp_path, *args, checkpoint='run'):
       [sys.executable, str(ROOT / 'predict.py'), *weights, *args],
       capture_output=True, text=True, timeout=120, cwd=ROOT)
   return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_help_asked_for_is_a_success_and_a_wrong_flag_a_failure(tmp_path):
+  code, out = _predict(tmp_path, '--help', checkpoint=None)
+  assert code == 0 and '--top_k: How many classes to print per image.' in out, out
+  code, out = _predict(tmp_path, '--top=3', checkpoint=None)
+  assert code == 1 and error_line(out).startswith(
+      "error: Unknown command line flag 'top'. Did you mean: top_k ?"), out
