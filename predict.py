@@ -21,9 +21,8 @@ from etils import epath
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
-from mixer_jax import checkpoints, input_pipeline, models, paths
+from mixer_jax import checkpoints, models, paths
 from mixer_jax.errors import UserError
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -56,6 +55,9 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
     config.image_size = resolution
   model = models.MlpMixer(**kwargs, approximate_gelu=checkpoints.trained_gelu(checkpoint)
                          is not False)  # unknown: the official code's tanh GELU
+  # Imported here: TensorFlow takes seconds, which a mistyped flag or file need not wait for.
+  import tensorflow as tf
+  from mixer_jax import input_pipeline
   images = []
   for path in image_files:
     try:
