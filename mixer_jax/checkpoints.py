@@ -56,8 +56,10 @@ def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
   if unfinished:
     logging.warning('Removing %d unfinished checkpoint write(s) left by a run stopped while '
                     'saving: %s.', len(unfinished), ', '.join(str(folder / n) for n in unfinished))
+  # Only then: orbax's cleanup lists the folder again in a thread of its own on every start.
   return ocp.CheckpointManager(
-      folder, options=ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True),
+      folder, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                   cleanup_tmp_directories=bool(unfinished)),
       item_handlers=ocp.StandardCheckpointHandler())
 
 
