@@ -13,9 +13,10 @@ import os
 import sys
 import time
 
-from absl import app, flags
-import numpy as np
-import tensorflow as tf
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # as train.py: TensorFlow's start-up notices
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import pretrain_imagenet  # noqa: E402
