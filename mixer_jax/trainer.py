@@ -457,11 +457,13 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   # flight; accelerators keep asynchronous dispatch and sync only to log and save.
   one_step_in_flight = jax.default_backend() == 'cpu'
 
-  progress = tqdm.tqdm(total=config.total_steps, initial=start_step, unit='step',
-                       disable=jax.process_index() != 0, mininterval=1.0)
   unchecked, window, window_start = [], [], time.perf_counter()
   step, preempted = start_step, None
-  with Preemption() as preemption, logging_above_progress():
+  # The bar is drawn once Preemption holds the signals: a SIGTERM before that ends the run at
+  # once, and its one line ran on from a bar already drawn.
+  with Preemption() as preemption, logging_above_progress(), tqdm.tqdm(
+      total=config.total_steps, initial=start_step, unit='step',
+      disable=jax.process_index() != 0, mininterval=1.0) as progress:
     try:
       for step in range(start_step + 1, config.total_steps + 1):
         state, metrics = train_step(state, next(train_iter), dropout_rng)
@@ -488,7 +490,6 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
         if preempted:
           break
     finally:
-      progress.close()
       checkpoints.wait_until_finished()
       checkpoints.close()
 
