@@ -283,13 +283,13 @@ def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[st
   resolved = paths.resolve(path)
   try:
     if not resolved.exists():
-      kept = (sorted(int(p.name) for p in resolved.parent.iterdir() if p.name.isdigit())
-              if resolved.name.isdigit() and resolved.parent.name == 'checkpoints' and
-              resolved.parent.is_dir() else [])
-      if kept:  # a step that the run never saved, or has since deleted (keep_checkpoints)
-        raise UserError(f'{setting}={path} does not exist: that run holds the checkpoints of '
-                        f'steps {", ".join(map(str, kept))}; give one of those, or the run\'s '
-                        'folder for its newest.')
+      if _is_step_folder(resolved) and resolved.parent.is_dir():
+        with reader(resolved.parent) as run:
+          kept = sorted(run.all_steps())
+        if kept:  # a step that the run never saved, or has since deleted (keep_checkpoints)
+          raise UserError(f'{setting}={path} does not exist: that run holds the checkpoints of '
+                          f'steps {", ".join(map(str, kept))}; give one of those, or the run\'s '
+                          'folder for its newest.')
       raise UserError(f'{setting}={path} does not exist: {WEIGHT_KINDS}.')
     if resolved.suffix == '.npz':
       params = load_npz(resolved)
@@ -335,13 +335,18 @@ def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:
                       f'({_first_line(e)}).') from e
 
 
+def _is_step_folder(path: epath.Path) -> bool:
+  """Whether `path` names a train.py run's checkpoints/<step> folder (which may not exist)."""
+  return path.name.isdigit() and path.parent.name == 'checkpoints'
+
+
 def run_file(weights, name: str) -> epath.Path | None:
   """The file `name` of the train.py run that `weights` (a workdir, its checkpoints folder or a
   checkpoints/<step> folder) is from, where there is one."""
   folder = paths.resolve(weights)
   if not folder.is_dir():
     return None
-  if folder.name.isdigit() and folder.parent.name == 'checkpoints':
+  if _is_step_folder(folder):
     folder = folder.parent.parent
   elif folder.name == 'checkpoints':
     folder = folder.parent

@@ -173,13 +173,13 @@ class MetricsLog:
     """
     lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
     records = [_record(line) for line in lines]
-    kept = [line for line, r in zip(lines, records) if r is not None and keep(r)]
+    kept = [(line, r) for line, r in zip(lines, records) if r is not None and keep(r)]
     if len(kept) < len(lines):
       tmp = self.path.with_name('metrics.jsonl.tmp')
-      tmp.write_text(''.join(kept))
+      tmp.write_text(''.join(line for line, _ in kept))
       tmp.replace(self.path)
-    self.logged = {(r['step'], r['split']) for r in map(_record, kept)}
-    torn = sum(r is None for r in records)
+    self.logged = {(r['step'], r['split']) for _, r in kept}
+    torn = records.count(None)
     return torn, len(lines) - len(kept) - torn
 
   def write(self, step: int, split: str, metrics: dict[str, float]):
