@@ -129,7 +129,7 @@ def exit_on_unknown_fields(argv, config, error, default: str | None):
     if 'Traceback' in message:  # raised by the config file's get_config: its message suffices
       message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
     hint = (f'{path.partition(":")[0]} documents each field' if message.startswith('flag --config.')
-            else '--helpfull lists the flags')
+            else '--help lists the flags')
     errors.exit_with(f'error: {message} ({hint}).')
   errors.exit_with(f'error: {", ".join(unknown)}: no such field in {path}. Its fields are: '
                    f'{", ".join(sorted(_field_names(config)))}.')

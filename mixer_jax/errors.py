@@ -131,4 +131,4 @@ def parse_flags(argv):
   try:
     return absl_flags(argv)
   except flags.Error as e:
-    exit_with(f'error: {e} (--helpfull lists the flags).')
+    exit_with(f'error: {e} (--help lists the flags).')
