@@ -241,9 +241,13 @@ def test_sigterm_during_start_up_releases_the_workdir_and_exits_143(tmp_path):
   """Preempted before its first step: the lock goes with the run, or a retry on another host
   is refused for the heartbeat's 120 s."""
   workdir = tmp_path / 'run'
-  proc = run_train_py(workdir, *SMALL_MODEL_FLAGS, wait=False)
+  # Weights that never finish arriving (as from slow storage): reading a pipe that nothing
+  # writes holds the run in start-up however late the signal comes.
+  weights = tmp_path / 'slow.npz'
+  os.mkfifo(weights)
+  proc = run_train_py(workdir, f'--config.init_from={weights}', *SMALL_MODEL_FLAGS, wait=False)
   try:
-    wait_for(workdir / 'lock.json', proc)  # the workdir is claimed; the model not yet compiled
+    wait_for(workdir / 'lock.json', proc)  # the workdir is claimed; the weights are being read
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
   finally:
