@@ -148,6 +148,9 @@ def main(argv):
   # orbax logs every step of every save at INFO; keep its warnings and errors only.
   logging.get_absl_logger().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+  if _WORKDIR.value is not None and not _WORKDIR.value.strip():  # else runs/<recipe>, silently
+    raise errors.UserError('--workdir is empty (an unset variable in the command?): give a '
+                           'folder or gs:// URL, or leave the flag out for runs/<recipe>.')
   config_path = flags.FLAGS['config'].config_filename
   name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
   workdir = paths.resolve(_WORKDIR.value or os.path.join('runs', name))

@@ -293,6 +293,9 @@ def claim_workdir(workdir: epath.Path):
       if jax.process_index() == 0:
         try:
           created = not workdir.exists()
+          if not created and not workdir.is_dir():
+            raise UserError(f'The workdir {workdir} is a file, not a folder: give a --workdir '
+                            'that is a folder, or a new name.')
           workdir.mkdir(parents=True, exist_ok=True)
           held = stack.enter_context(lock.WorkdirLock(workdir))
           token = np.frombuffer(bytes.fromhex(held.record['token']), np.uint8)

@@ -53,6 +53,9 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
 def check_can_make(folder: str, flag: str) -> None:
   """Raises unless `folder` is, or can be made, a folder this user writes; makes nothing, so a
   command that stops on another error leaves no empty folder behind."""
+  if not folder.strip():  # else the current folder, silently
+    raise UserError(f'--{flag} is empty (an unset variable in the command?): give a folder, or '
+                    'leave the flag out for its default.')
   existing = os.path.abspath(folder)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)

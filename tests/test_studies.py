@@ -152,6 +152,7 @@ def test_a_rerun_with_other_settings_is_refused_before_any_run_trains(permutatio
     ('--colour=red', "Unknown command line flag 'colour'"),
     ('--workdir=/dev/null/runs', r'--workdir=/dev/null/runs cannot be made a folder \(Not a '
                                  r'directory\): give a folder'),  # before, after the training
+    ('--workdir=', r'--workdir is empty'),  # before, the current folder
     ('--config.model.depth=3', '--config.model.depth: no such field in the recipe'),
     ('--config=configs/no_such_recipe.py', 'Cannot load the recipe: .* No such file'),
     ('--config=README.md', r'--config=README.md is not a recipe: give a Python file'),

@@ -175,6 +175,9 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
     (['--num_processes=2', '--process_id=2'], r'--process_id=2 with --num_processes=2: give each '
                                               r'process an id from 0 to 1'),
     (['--workdir=/dev/null/run'], r'The workdir /dev/null/run cannot be created or written'),
+    (['--workdir=/etc/hostname'], r'The workdir /etc/hostname is a file, not a folder'),
+    # An unset shell variable: before, the run went to runs/digits and could resume another's.
+    (['--workdir='], r'--workdir is empty \(an unset variable in the command\?\)'),
     (['runs/mine'], r'Unexpected arguments: runs/mine: settings are --config.<field>=<value>, '
                     r"the run's folder --workdir=DIR\."),
     (['--config.init_from=/nowhere/Mixer-B_16.npz'], r'init_from=/nowhere/Mixer-B_16.npz does not '
