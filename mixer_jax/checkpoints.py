@@ -7,7 +7,11 @@ names every path that does not fit.
 import contextlib
 import io
 import json
+import logging as std_logging
 import math
+import os
+import re
+import warnings
 import zipfile
 from typing import Any, Sequence
 
@@ -57,10 +61,74 @@ def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
     logging.warning('Removing %d unfinished checkpoint write(s) left by a run stopped while '
                     'saving: %s.', len(unfinished), ', '.join(str(folder / n) for n in unfinished))
   # Only then: orbax's cleanup lists the folder again in a thread of its own on every start.
-  return ocp.CheckpointManager(
+  return _Manager(
       folder, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
                                                    cleanup_tmp_directories=bool(unfinished)),
       item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _from_writer_thread(record) -> bool:
+  return record.levelno >= logging.ERROR and record.exc_info and '/orbax/' in record.pathname
+
+
+class _Manager(ocp.CheckpointManager):
+  """orbax's manager, with a failed write (a full disk, a bucket out of reach) one UserError that
+  names the cause and where a rerun resumes. orbax's writer threads each log the failure with a
+  traceback before it is raised here: those reports are dropped while the manager is open."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._quiet = lambda record: not _from_writer_thread(record)
+    logging.get_absl_logger().addFilter(self._quiet)
+
+  def save(self, *args, **kwargs):
+    with self._failed_write_explained():
+      return super().save(*args, **kwargs)
+
+  def wait_until_finished(self):
+    with self._failed_write_explained():
+      super().wait_until_finished()
+
+  def check_for_errors(self):
+    """Raises if a save in the background failed: called between saves, so that a run stops soon
+    after a lost checkpoint, not one checkpoint interval later. (orbax's own check misses a
+    failure that its finalising thread holds; joining that finished thread raises it.)"""
+    with self._failed_write_explained():
+      super().check_for_errors()
+      if not self.is_saving_in_progress():
+        super().wait_until_finished()
+
+  def close(self):
+    try:
+      super().close()
+    finally:
+      logging.get_absl_logger().removeFilter(self._quiet)
+
+  @contextlib.contextmanager
+  def _failed_write_explained(self):
+    try:
+      yield
+    except UserError:
+      raise
+    except (ValueError, *paths.storage_errors()) as e:  # tensorstore's errors are ValueErrors
+      # Said here once: the writes left undone would each be reported again as the program ends.
+      std_logging.getLogger('asyncio').addFilter(
+          lambda record: 'exception was never retrieved' not in record.getMessage())
+      warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
+      code = re.search(r"os_error_code='(\d+)'", str(e))
+      cause = (os.strerror(int(code.group(1))) if code else
+               e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e))
+      try:
+        with reader(self.directory) as saved:  # the complete checkpoints, as a rerun finds them
+          resumes = (f'resumes from the checkpoint of step {saved.latest_step()}'
+                     if saved.latest_step() is not None else 'starts again, as no checkpoint was '
+                     'complete')
+      except (ValueError, *paths.storage_errors()):  # the storage is out of reach altogether
+        resumes = 'resumes from the newest complete checkpoint there, if any'
+      raise UserError(
+          f'Writing a checkpoint to {self.directory} failed ({cause}), so the run stopped. Free '
+          'space there (keep_checkpoints sets how many are kept) or restore access, then run the '
+          f'same command: it {resumes}.') from e
 
 
 @contextlib.contextmanager

@@ -486,6 +486,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
           log.write(step, 'train', summary)
           progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
           window, window_start = [], time.perf_counter()
+          checkpoints.check_for_errors()
         if step % config.eval_every == 0 and step != config.total_steps:
           log.write(step, config.eval_split, evaluate(eval_step, state, config, mesh))
         if save_now:

@@ -39,12 +39,12 @@ def restore_params(workdir, step):
     return checkpointer.restore(path, target)['params']
 
 
-def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True):
+def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True, preexec_fn=None):
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
          'JAX_PLATFORMS': 'cpu'}
   cmd = [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *flags]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, cwd=ROOT)
+                          text=True, cwd=ROOT, preexec_fn=preexec_fn)
   if not wait:
     return proc
   try:
