@@ -67,68 +67,72 @@ def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
       item_handlers=ocp.StandardCheckpointHandler())
 
 
-def _from_writer_thread(record) -> bool:
-  return record.levelno >= logging.ERROR and record.exc_info and '/orbax/' in record.pathname
+def _not_reported_again(record) -> bool:
+  """False for orbax's and clu's writer threads' error reports: the error is raised again where
+  the run waits for the write, and writes_explained reports it there, in one line."""
+  return not (record.levelno >= logging.ERROR and record.exc_info
+              and ('/orbax/' in record.pathname or '/clu/' in record.pathname))
+
+
+def writer_threads_quiet():
+  """While it lasts, writer threads' reports of a failed write (a traceback each) are dropped."""
+  return _filtered_log(_not_reported_again)
 
 
 class _Manager(ocp.CheckpointManager):
   """orbax's manager, with a failed write (a full disk, a bucket out of reach) one UserError that
-  names the cause and where a rerun resumes. orbax's writer threads each log the failure with a
-  traceback before it is raised here: those reports are dropped while the manager is open."""
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self._quiet = lambda record: not _from_writer_thread(record)
-    logging.get_absl_logger().addFilter(self._quiet)
+  names the cause and where a rerun resumes."""
 
   def save(self, *args, **kwargs):
-    with self._failed_write_explained():
+    with writes_explained('a checkpoint', self.directory, self.directory, ValueError):
       return super().save(*args, **kwargs)
 
   def wait_until_finished(self):
-    with self._failed_write_explained():
+    with writes_explained('a checkpoint', self.directory, self.directory, ValueError):
       super().wait_until_finished()
 
   def check_for_errors(self):
     """Raises if a save in the background failed: called between saves, so that a run stops soon
     after a lost checkpoint, not one checkpoint interval later. (orbax's own check misses a
     failure that its finalising thread holds; joining that finished thread raises it.)"""
-    with self._failed_write_explained():
+    with writes_explained('a checkpoint', self.directory, self.directory, ValueError):
       super().check_for_errors()
       if not self.is_saving_in_progress():
         super().wait_until_finished()
 
-  def close(self):
-    try:
-      super().close()
-    finally:
-      logging.get_absl_logger().removeFilter(self._quiet)
 
-  @contextlib.contextmanager
-  def _failed_write_explained(self):
+@contextlib.contextmanager
+def writes_explained(what: str, where, checkpoints_folder, *more_errors: type[Exception]):
+  """A write to a run's workdir that fails (a full disk, a quota, a bucket out of reach) ends
+  the run with one UserError naming the cause and the step that the same command resumes from.
+  `more_errors`: what else the writer raises for it (tensorstore: ValueError)."""
+  try:
+    yield
+  except UserError:
+    raise
+  except (*more_errors, *paths.storage_errors()) as e:
+    while e.__cause__ is not None:  # e.g. clu's AsyncError, around the error in its thread
+      e = e.__cause__
+    # Said here once: the writes left undone would each be reported again as the program ends.
+    logging.get_absl_logger().addFilter(lambda record: _not_reported_again(record))  # for good
+    std_logging.getLogger('asyncio').addFilter(
+        lambda record: 'exception was never retrieved' not in record.getMessage())
+    warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
+    code = re.search(r"os_error_code='(\d+)'", str(e))
+    cause = (os.strerror(int(code.group(1))) if code else
+             e.strerror if isinstance(e, OSError) and e.strerror else
+             re.sub(r'^\{\{.*?\}\}\s*', '', _first_line(e)))  # TensorFlow's op prefix
     try:
-      yield
-    except UserError:
-      raise
-    except (ValueError, *paths.storage_errors()) as e:  # tensorstore's errors are ValueErrors
-      # Said here once: the writes left undone would each be reported again as the program ends.
-      std_logging.getLogger('asyncio').addFilter(
-          lambda record: 'exception was never retrieved' not in record.getMessage())
-      warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
-      code = re.search(r"os_error_code='(\d+)'", str(e))
-      cause = (os.strerror(int(code.group(1))) if code else
-               e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e))
-      try:
-        with reader(self.directory) as saved:  # the complete checkpoints, as a rerun finds them
-          resumes = (f'resumes from the checkpoint of step {saved.latest_step()}'
-                     if saved.latest_step() is not None else 'starts again, as no checkpoint was '
-                     'complete')
-      except (ValueError, *paths.storage_errors()):  # the storage is out of reach altogether
-        resumes = 'resumes from the newest complete checkpoint there, if any'
-      raise UserError(
-          f'Writing a checkpoint to {self.directory} failed ({cause}), so the run stopped. Free '
-          'space there (keep_checkpoints sets how many are kept) or restore access, then run the '
-          f'same command: it {resumes}.') from e
+      with reader(epath.Path(checkpoints_folder)) as saved:  # as a rerun finds them
+        resumes = (f'resumes from the checkpoint of step {saved.latest_step()}'
+                   if saved.latest_step() is not None else 'starts again, as no checkpoint was '
+                   'complete')
+    except (ValueError, *paths.storage_errors()):  # the storage is out of reach altogether
+      resumes = 'resumes from the newest complete checkpoint there, if any'
+    raise UserError(
+        f'Writing {what} to {where} failed ({cause}), so the run stopped. Free space there '
+        '(keep_checkpoints sets how many checkpoints are kept) or restore access, then run the '
+        f'same command: it {resumes}.') from e
 
 
 @contextlib.contextmanager

@@ -151,8 +151,11 @@ class MetricsLog:
     self.is_main = jax.process_index() == 0
     self.writer = None
     self.path = workdir / 'metrics.jsonl'
+    self.checkpoints = workdir / 'checkpoints'
+    self.thread_error = ()  # what clu's writer raises for a failure in its thread
     if self.is_main:
-      torn, dropped = self._keep(lambda record: record['step'] <= start_step)
+      with self._writing():
+        torn, dropped = self._keep(lambda record: record['step'] <= start_step)
       if torn:
         logging.info('metrics.jsonl: dropped %d line(s) that were not whole records, as a run '
                      'stopped while writing one leaves.', torn)
@@ -160,8 +163,9 @@ class MetricsLog:
         logging.info('metrics.jsonl: dropped %d records of steps after %d, which this run '
                      'repeats.', dropped, start_step)
       try:
-        from clu import metric_writers
+        from clu import asynclib, metric_writers
         self.writer = metric_writers.create_default_writer(str(workdir))
+        self.thread_error = (asynclib.AsyncError,)
       except ImportError as e:
         logging.warning('No TensorBoard events (%s); metrics go to metrics.jsonl only.', e)
 
@@ -182,8 +186,14 @@ class MetricsLog:
     torn = records.count(None)
     return torn, len(lines) - len(kept) - torn
 
+  def _writing(self):
+    return ckpt.writes_explained('the metrics', self.path.parent, self.checkpoints,
+                                 *self.thread_error)
+
   def write(self, step: int, split: str, metrics: dict[str, float]):
-    if self.is_main:
+    if not self.is_main:
+      return
+    with self._writing():
       if self.writer:
         self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
       if (step, split) in self.logged:  # a finished run evaluated again: the new record replaces it
@@ -194,7 +204,8 @@ class MetricsLog:
 
   def close(self):
     if self.writer:
-      self.writer.close()
+      with self._writing():
+        self.writer.close()
 
 
 def _record(line: str) -> dict | None:
@@ -359,7 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   check_processes_agree(config, workdir)  # first: a check one process fails would hang the rest
   validation.check_config(config)
   with claim_workdir(workdir):
-    with out_of_memory_explained(config, config.batch_size // jax.device_count()):
+    with out_of_memory_explained(config, config.batch_size // jax.device_count()), \
+        ckpt.writer_threads_quiet():  # a failed write is reported once, by writes_explained
       return _train(config, workdir, build)
 
 
@@ -446,10 +458,11 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   else:  # said, since a fine-tuning recipe run without init_from trains from random weights
     logging.info('Initialised at random (seed %d): no init_from.', config.seed)
   if jax.process_index() == 0 and trains:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    if class_names is not None:  # predict.py prints these names (folder names: any script)
-      (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in class_names),
-                                          encoding='utf-8')
+    with ckpt.writes_explained('config.json', workdir, workdir / 'checkpoints'):
+      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+      if class_names is not None:  # predict.py prints these names (folder names: any script)
+        (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in class_names),
+                                            encoding='utf-8')
 
   train_step = steps.make_train_step(model, learning_rate_fn, mesh, num_classes, config.mixup,
                                      config.grad_accum_steps)
@@ -506,5 +519,6 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   results = {'step': step, f'{config.eval_split}_accuracy': results['accuracy'],
              f'{config.eval_split}_loss': results['loss']}
   if jax.process_index() == 0:
-    (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    with ckpt.writes_explained('results.json', workdir, workdir / 'checkpoints'):
+      (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
   return results

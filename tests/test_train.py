@@ -4,7 +4,6 @@ import math
 import os
 import pathlib
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -261,33 +260,36 @@ def test_sigterm_during_start_up_releases_the_workdir_and_exits_143(tmp_path):
   assert not workdir.exists()  # it held only the lock: nothing had trained
 
 
-def _files_up_to(size: int):
-  """Run in the child: files stop growing at `size` bytes, as on a full disk (the write fails
-  with EFBIG instead of the process being killed by SIGXFSZ)."""
-  def limit():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-  return limit
-
-
 def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_rerun_resumes(tmp_path):
   flags = ['--config.total_steps=20', '--config.checkpoint_every=10', '--config.log_every=5',
            '--config.eval_every=1000', *SMALL_MODEL_FLAGS]
   code, out = run_train_py(tmp_path, *flags[1:], '--config.total_steps=10')
   assert code == 0, out
   # The checkpoint's data files are over 100 kB; metrics and config files stay far below 64 kB.
-  code, out = run_train_py(tmp_path, *flags, preexec_fn=_files_up_to(64 * 1024))
+  code, out = run_train_py(tmp_path, *flags, file_kib=64)
   # Before: 470 lines of orbax's and asyncio's tracebacks, and only at the next save.
   assert code == 1 and error_line(out) == (
       f'error: Writing a checkpoint to {tmp_path / "checkpoints"} failed (File too large), so the '
-      'run stopped. Free space there (keep_checkpoints sets how many are kept) or restore access, '
-      'then run the same command: it resumes from the checkpoint of step 10.'), out
+      'run stopped. Free space there (keep_checkpoints sets how many checkpoints are kept) or '
+      'restore access, then run the same command: it resumes from the checkpoint of step 10.'), out
   assert out.rstrip().endswith(error_line(out)), out  # nothing after it
   assert 'exception was never retrieved' not in out and ' E1' not in out, out
   code, out = run_train_py(tmp_path, *flags)
   assert code == 0 and 'Resumed from' in out and 'at step 10' in out, out
   assert 'Removing 1 unfinished checkpoint write(s)' in out, out
   assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()) == [10, 20]
+
+
+def test_a_failed_metrics_write_stops_the_run_in_one_line(tmp_path):
+  flags = ['--config.total_steps=40', '--config.log_every=1', '--config.checkpoint_every=1000',
+           '--config.warmup_steps=1', *SMALL_MODEL_FLAGS]
+  code, out = run_train_py(tmp_path, *flags, file_kib=2)  # ~13 records
+  # Before: clu's AsyncError ("Consider re-running the code without AsyncWriter") and tracebacks.
+  assert code == 1 and re.fullmatch(
+      rf'error: Writing the metrics to {tmp_path} failed \({tmp_path}/\S+; File too large\), '
+      r'so the run stopped\. .* it starts again, as no checkpoint was complete\.',
+      error_line(out)), out
+  assert ' E1' not in out, out  # clu's thread reported it too, with a traceback
 
 
 def test_a_second_run_on_a_busy_workdir_refuses_and_ctrl_c_stops_the_first_with_a_checkpoint(

@@ -39,12 +39,16 @@ def restore_params(workdir, step):
     return checkpointer.restore(path, target)['params']
 
 
-def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True, preexec_fn=None):
+def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True, file_kib=None):
+  """train.py's (exit status, output); with `file_kib`, no file it writes grows past that many
+  KiB: writes beyond fail as on a full disk (EFBIG, SIGXFSZ ignored)."""
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
          'JAX_PLATFORMS': 'cpu'}
   cmd = [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *flags]
+  if file_kib:  # set by a shell: a preexec_fn would fork this multithreaded (JAX) process
+    cmd = ['bash', '-c', f'trap "" XFSZ; ulimit -f {file_kib}; exec "$@"', 'bash', *cmd]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, cwd=ROOT, preexec_fn=preexec_fn)
+                          text=True, cwd=ROOT)
   if not wait:
     return proc
   try:
