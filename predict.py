@@ -7,7 +7,6 @@ The checkpoint is a workdir (its newest checkpoint), a checkpoints/<step> folder
 .npz file or timm weights; the architecture and resolution are read from the weights. Every
 path may be a gs:// URL.
 """
-import json
 import os
 import re
 
@@ -37,7 +36,7 @@ _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.'
 def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
   """The config.json of the train.py run that `checkpoint` is from."""
   saved = checkpoints.run_file(checkpoint, 'config.json')
-  return ml_collections.ConfigDict(json.loads(saved.read_text())) if saved else None
+  return ml_collections.ConfigDict(checkpoints.run_config(saved)) if saved else None
 
 
 def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:

@@ -426,6 +426,20 @@ def run_file(weights, name: str) -> epath.Path | None:
   return path if path.exists() else None
 
 
+def run_config(path: epath.Path) -> dict[str, Any]:
+  """The settings a train.py run saved in its config.json; a damaged file is a UserError."""
+  try:
+    saved = json.loads(path.read_bytes())
+    problem = None if isinstance(saved, dict) else f'a JSON {type(saved).__name__}, not an object'
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    problem = str(e)
+  if problem:
+    raise UserError(f'{path} is not the settings of a run ({problem}): a run writes that file '
+                    'as it starts training; restore it, or delete it to let the next run that '
+                    'trains in the workdir write it again.')
+  return saved
+
+
 def trained_gelu(weights) -> bool | None:
   """Whether the weights at `weights` were trained with the tanh-approximate GELU (None: not
   known). The official .npz files were (flax's nn.gelu), timm's were not (PyTorch's nn.GELU),
@@ -434,7 +448,7 @@ def trained_gelu(weights) -> bool | None:
   if suffix in ('.npz', *TIMM_SUFFIXES):
     return suffix == '.npz'
   saved = run_file(weights, 'config.json')
-  return json.loads(saved.read_text()).get('model', {}).get('approximate_gelu') if saved else None
+  return run_config(saved).get('model', {}).get('approximate_gelu') if saved else None
 
 
 def model_kwargs(params) -> dict[str, Any]:

@@ -331,14 +331,19 @@ def claim_workdir(workdir: epath.Path):
 
 
 def saved_config(workdir: epath.Path) -> dict[str, Any] | None:
-  """The config.json of the run in `workdir` (None where none has started)."""
+  """The config.json of the run in `workdir` (None where none has started, or it is damaged:
+  the run goes on, and rewrites it)."""
   saved = workdir / 'config.json'
-  return json.loads(saved.read_text()) if saved.exists() else None
+  try:
+    return ckpt.run_config(saved) if saved.exists() else None
+  except UserError as e:
+    logging.warning('%s This run cannot list the settings it was started with, and goes on with '
+                    'those given.', e)
+    return None
 
 
-def config_changes(workdir: epath.Path, config) -> list[str]:
-  """'field: old -> new' for each setting that differs from the run's saved config.json."""
-  saved = saved_config(workdir)
+def config_changes(saved: dict[str, Any] | None, config) -> list[str]:
+  """'field: old -> new' for each setting that differs from a run's saved config.json."""
   if saved is None:
     return []
   return [f'{k}: {a!r} -> {b!r}' for k, a, b in differences(ckpt.flatten(saved),
@@ -390,9 +395,10 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   with ckpt.reader(workdir / 'checkpoints') as found:
     resuming = found.latest_step() is not None
     resumed_width = ckpt.token_mixing_width(found) if resuming else None
+  started_with = saved_config(workdir) if resuming else None
   if resuming and not config.init_from:  # config.json keeps the weights the run started from
     config = config.copy_and_resolve_references()
-    config.init_from = (saved_config(workdir) or {}).get('init_from', '')
+    config.init_from = (started_with or {}).get('init_from', '')
   if config.init_from is None and not resuming:  # None, not '': a recipe that fine-tunes
     raise UserError('This recipe fine-tunes pre-trained weights, and init_from is not set: give '
                     f'--config.init_from=WEIGHTS ({ckpt.WEIGHT_KINDS}), or '
@@ -435,7 +441,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
 
   # Resume order: this workdir's newest checkpoint, else the init_from weights, else scratch.
   checkpoints = ckpt.manager(workdir, config.keep_checkpoints)
-  changes = config_changes(workdir, config)
+  changes = config_changes(started_with, config)
   state, start_step = ckpt.restore_latest(checkpoints, state, changes)
   trains = start_step < config.total_steps  # else config.json stays the record of the training
   if start_step:
@@ -459,7 +465,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     logging.info('Initialised at random (seed %d): no init_from.', config.seed)
   if jax.process_index() == 0 and trains:
     with ckpt.writes_explained('config.json', workdir, workdir / 'checkpoints'):
-      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+      tmp = workdir / 'config.json.tmp'  # then renamed: a kill while writing leaves no half
+      tmp.write_text(config.to_json_best_effort(indent=2))
+      tmp.replace(workdir / 'config.json')
       if class_names is not None:  # predict.py prints these names (folder names: any script)
         (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in class_names),
                                             encoding='utf-8')

@@ -97,7 +97,7 @@ def refuse_changed_runs(runs: Sequence[tuple[Any, str]]) -> None:
   A run there with other settings is another experiment: reusing it would mix the two.
   """
   for config, workdir in runs:
-    changes = trainer.config_changes(paths.resolve(workdir), config)
+    changes = trainer.config_changes(trainer.saved_config(paths.resolve(workdir)), config)
     if changes:
       raise UserError(f'{workdir} holds a run with other settings ({"; ".join(changes)}): give '
                       'this study another --workdir, or delete that run to train it again.')

@@ -344,6 +344,13 @@ def test_weights_trained_with_the_other_gelu_are_warned_of(tmp_path, caplog):
   assert checkpoints.trained_gelu(str(tmp_path / 'w.npz')) is True
   (tmp_path / 'bare').mkdir()
   assert checkpoints.trained_gelu(str(tmp_path / 'bare')) is None  # no config.json: unknown
+  for damaged, problem in (('{"model": {"approx', 'Unterminated string'),
+                           ('[1, 2]', 'a JSON list, not an object'), (b'{"a": "\x80"}', 'utf-8')):
+    (tmp_path / 'bare' / 'config.json').write_bytes(
+        damaged if isinstance(damaged, bytes) else damaged.encode())
+    with pytest.raises(UserError, match=rf'bare/config.json is not the settings of a run \(.*'
+                                        rf'{problem}.*\): a run writes that file'):
+      checkpoints.trained_gelu(str(tmp_path / 'bare'))  # before: JSONDecodeError, AttributeError
 
   caplog.set_level('WARNING', logger='absl')
   tanh = dict(total_steps=2, log_every=2, eval_every=2, checkpoint_every=2)  # the default GELU

@@ -358,6 +358,24 @@ def test_a_resume_names_changed_settings_and_a_run_past_total_steps_keeps_its_st
   assert [(r['step'], r['split']) for r in records] == [(10, 'train'), (10, 'test')]
 
 
+def test_a_damaged_config_json_is_named_and_the_resume_goes_on_and_rewrites_it(tmp_path, caplog):
+  config = small_config(dataset='synthetic', num_classes=10, total_steps=10, checkpoint_every=10)
+  config.model.update(num_blocks=1, hidden_dim=16)  # compiles fast
+  trainer.train_and_evaluate(config, tmp_path)
+  saved = tmp_path / 'config.json'
+  whole = saved.read_text()
+  saved.write_text(whole[:len(whole) // 2])  # as a run killed while writing it left it (before)
+  config.total_steps = 15
+  results = trainer.train_and_evaluate(config, tmp_path)  # before: a JSONDecodeError traceback
+  assert results['step'] == 15
+  assert re.search(rf'{saved} is not the settings of a run \(.*\): a run writes that file .* '
+                   r'This run cannot list the settings it was started with, and goes on with '
+                   r'those given\.', caplog.text), caplog.text
+  assert caplog.text.count('is not the settings of a run') == 1
+  assert json.loads(saved.read_text())['total_steps'] == 15
+  assert not (tmp_path / 'config.json.tmp').exists()
+
+
 @pytest.mark.slow
 def test_default_digits_run_reaches_95_percent(tmp_path):
   """The README's first command, as a user runs it: `python train.py` with no flags.
