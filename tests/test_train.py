@@ -50,6 +50,12 @@ def test_eight_devices_train_like_one(tmp_path):
   trainer.train_and_evaluate(small_config(**overrides), str(tmp_path / 'one'))
   eight, one = restore_params(tmp_path / 'eight', 10), restore_params(tmp_path / 'one', 10)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eight, one)
+  # A run preempted on 8 devices resumes on 1 (another machine) as if it had never moved.
+  for run in ('eight', 'one'):
+    trainer.train_and_evaluate(small_config(**{**overrides, 'total_steps': 20}),
+                               str(tmp_path / run))
+  eight, one = restore_params(tmp_path / 'eight', 20), restore_params(tmp_path / 'one', 20)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eight, one)
 
 
 def test_batch_that_does_not_split_over_devices_is_a_clear_error(tmp_path):
