@@ -6,6 +6,7 @@ signal after saving its checkpoint says so in one line and exits with 128 + the 
 or Ctrl-C elsewhere (start-up, the final evaluation, between a study's runs) unwinds, which
 releases the workdir's lock, and ends with one line and the same status.
 """
+import errno
 import functools
 import os
 import signal
@@ -90,6 +91,10 @@ def _raise_on_signal(signum, frame):
   raise pending
 
 
+# A disk or quota that is full, or a file-size limit: never a mistake in the program.
+_STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def reported(main):
   """An absl main whose UserError, Stopped, Ctrl-C or SIGTERM ends the program with one line."""
   @functools.wraps(main)
@@ -102,6 +107,11 @@ def reported(main):
       return main(argv)
     except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged
       exit_with(f'error: {e}')
+    except OSError as e:
+      if e.errno not in _STORAGE_FULL:
+        raise
+      exit_with(f'error: {e.strerror}{f" ({e.filename})" if e.filename else ""}: free space, '
+                'or write to a folder on another disk, and run the same command again.')
     except Stopped as e:
       exit_with(str(e), e.exit_status)
     except KeyboardInterrupt:  # the unwinding has run: the workdir's lock is released

@@ -52,3 +52,29 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_status_130():
       main(['train.py'])
       print('not reached')""")], capture_output=True, text=True, timeout=60)
   assert (run.returncode, run.stdout, run.stderr) == (130, 'started\n', 'Interrupted (Ctrl-C).\n')
+
+
+def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_path):
+  """Any entry point (a study's figure, a benchmark's JSON lines) that cannot write for want of
+  space says so in one line; a missing file is a mistake to see whole."""
+  program = textwrap.dedent("""
+      import sys
+      from mixer_jax import errors
+
+      @errors.reported
+      def main(argv):
+        with open(sys.argv[1], 'w') as f:
+          f.write('x' * 10_000)
+
+      main(['study.py'])""")
+  # Files stop at 1 KiB, as on a full disk (EFBIG rather than the SIGXFSZ that would kill it).
+  run = subprocess.run(['bash', '-c', 'trap "" XFSZ; ulimit -f 1; exec "$@"', 'bash',
+                        sys.executable, '-c', program, str(tmp_path / 'figure.png')],
+                       capture_output=True, text=True, timeout=60)
+  assert (run.returncode, run.stderr) == (1, 'error: File too large: free space, or write to a '
+                                             'folder on another disk, and run the same command '
+                                             'again.\n')
+  run = subprocess.run([sys.executable, '-c', program, str(tmp_path / 'no' / 'figure.png')],
+                       capture_output=True, text=True, timeout=60)
+  assert run.returncode == 1 and run.stderr.rstrip().endswith(
+      f"FileNotFoundError: [Errno 2] No such file or directory: '{tmp_path / 'no' / 'figure.png'}'")
