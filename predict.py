@@ -9,6 +9,7 @@ path may be a gs:// URL.
 """
 import os
 import re
+from typing import Iterator
 
 from mixer_jax import errors
 
@@ -31,6 +32,9 @@ _LABELS = flags.DEFINE_string(
     'labels', None, 'Text file with one class name per line (default: the labels.txt of the '
     'train.py run the checkpoint is from).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.', lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', 32, 'Images classified at once: memory holds this many, not all of them.',
+    lower_bound=1)
 
 
 def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
@@ -39,8 +43,9 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
   return ml_collections.ConfigDict(checkpoints.run_config(saved)) if saved else None
 
 
-def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
-  """Class probabilities (len(image_files), classes) at the weights' training resolution.
+def classify(params, image_files: list[str], checkpoint: str,
+             batch_size: int) -> Iterator[np.ndarray]:
+  """Class probabilities (classes,) of each image in turn, at the weights' training resolution.
 
   Images from a train.py run are prepared as its evaluation prepared them (resize and central
   crop, or the small-image resize; an input permutation); other weights get the whole image
@@ -57,8 +62,8 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
   # Imported here: TensorFlow takes seconds, which a mistyped flag or file need not wait for.
   import tensorflow as tf
   from mixer_jax import input_pipeline
-  images = []
-  for path in image_files:
+
+  def prepared(path):
     try:
       image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
     except tf.errors.InvalidArgumentError as e:
@@ -66,11 +71,15 @@ def classify(params, image_files: list[str], checkpoint: str) -> np.ndarray:
       reason = re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', e.message.splitlines()[0])
       raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF, BMP or '
                       'WebP files.') from e
-    prepared = (input_pipeline.eval_image(config, image) if config is not None
-                else input_pipeline.to_model_input(image, resolution))
-    images.append(prepared.numpy())
-  logits = jax.jit(model.apply)({'params': params}, np.stack(images))
-  return np.asarray(jax.nn.softmax(logits))
+    return (input_pipeline.eval_image(config, image) if config is not None
+            else input_pipeline.to_model_input(image, resolution)).numpy()
+
+  batch_size = min(batch_size, len(image_files))
+  probabilities = jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x)))
+  for start in range(0, len(image_files), batch_size):
+    images = [prepared(path) for path in image_files[start:start + batch_size]]
+    padded = images + images[:1] * (batch_size - len(images))  # one shape, one compilation
+    yield from np.asarray(probabilities({'params': params}, np.stack(padded)))[:len(images)]
 
 
 def read_labels(path, num_classes: int, what: str | None = None) -> list[str]:
@@ -112,8 +121,9 @@ def main(argv):
   else:  # a train.py run's class names (its data set's), where it wrote them
     saved = checkpoints.run_file(_CHECKPOINT.value, 'labels.txt')
     labels = read_labels(saved, num_classes, str(saved)) if saved else None
-  for path, p in zip(image_files, classify(params, image_files, _CHECKPOINT.value)):
-    print(path)
+  for path, p in zip(image_files, classify(params, image_files, _CHECKPOINT.value,
+                                           _BATCH_SIZE.value)):
+    print(path, flush=True)
     for k in np.argsort(-p)[:_TOP_K.value]:
       print(f'  {p[k]:7.2%}  {labels[k] if labels else f"class {k}"}')
 

@@ -32,6 +32,14 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   assert np.mean(np.array(top) == test.labels[:6]) >= 5 / 6
   probabilities = [float(p) for p in re.findall(r'([0-9.]+)%', blocks[0])]
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+  # In batches of 4 (the second padded), each image's classes are those of one batch of 6.
+  code, batched = _predict(tmp_path, '--top_k=3', f'--labels={tmp_path / "labels.txt"}',
+                           '--batch_size=4', *paths)
+  listed = lambda text: re.findall(r'(\S+\.png)|([0-9.]+)%\s+(digit \d)', text)
+  assert code == 0 and len(listed(batched)) == len(listed(out)) == 6 * 4, batched
+  for (path_b, p_b, name_b), (path, p, name) in zip(listed(batched), listed(out)):
+    assert (path_b, name_b) == (path, name) and float(p_b or 0) == pytest.approx(float(p or 0),
+                                                                                  abs=0.011)
   # Without --labels, the run's own class names: the digits (also from its checkpoints folder).
   code, out = _predict(tmp_path, '--top_k=1', *paths, checkpoint='run/checkpoints')
   assert code == 0, out
