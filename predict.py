@@ -8,7 +8,6 @@ The checkpoint is a workdir (its newest checkpoint), a checkpoints/<step> folder
 path may be a gs:// URL.
 """
 import os
-import re
 from typing import Iterator
 
 from mixer_jax import errors
@@ -67,10 +66,8 @@ def classify(params, image_files: list[str], checkpoint: str,
     try:
       image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
     except tf.errors.InvalidArgumentError as e:
-      # TensorFlow wraps the reason in the op's name: '{{function_node ...}} Unknown image ...'.
-      reason = re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', e.message.splitlines()[0])
-      raise UserError(f'Cannot read {path} as an image ({reason}): give JPEG, PNG, GIF, BMP or '
-                      'WebP files.') from e
+      raise UserError(f'Cannot read {path} as an image ({errors.gist(e)}): give JPEG, PNG, GIF, '
+                      'BMP or WebP files.') from e
     return (input_pipeline.eval_image(config, image) if config is not None
             else input_pipeline.to_model_input(image, resolution)).numpy()
 

@@ -23,7 +23,7 @@ from etils import epath
 from flax import traverse_util
 
 from mixer_jax import models, paths, validation
-from mixer_jax.errors import UserError
+from mixer_jax.errors import UserError, gist
 
 
 def flatten(tree) -> dict[str, Any]:
@@ -83,19 +83,22 @@ class _Manager(ocp.CheckpointManager):
   """orbax's manager, with a failed write (a full disk, a bucket out of reach) one UserError that
   names the cause and where a rerun resumes."""
 
+  def _writes(self):  # tensorstore's errors are ValueErrors
+    return writes_explained('a checkpoint', self.directory, self.directory, ValueError)
+
   def save(self, *args, **kwargs):
-    with writes_explained('a checkpoint', self.directory, self.directory, ValueError):
+    with self._writes():
       return super().save(*args, **kwargs)
 
   def wait_until_finished(self):
-    with writes_explained('a checkpoint', self.directory, self.directory, ValueError):
+    with self._writes():
       super().wait_until_finished()
 
   def check_for_errors(self):
     """Raises if a save in the background failed: called between saves, so that a run stops soon
     after a lost checkpoint, not one checkpoint interval later. (orbax's own check misses a
     failure that its finalising thread holds; joining that finished thread raises it.)"""
-    with writes_explained('a checkpoint', self.directory, self.directory, ValueError):
+    with self._writes():
       super().check_for_errors()
       if not self.is_saving_in_progress():
         super().wait_until_finished()
@@ -120,8 +123,7 @@ def writes_explained(what: str, where, checkpoints_folder, *more_errors: type[Ex
     warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
     code = re.search(r"os_error_code='(\d+)'", str(e))
     cause = (os.strerror(int(code.group(1))) if code else
-             e.strerror if isinstance(e, OSError) and e.strerror else
-             re.sub(r'^\{\{.*?\}\}\s*', '', _first_line(e)))  # TensorFlow's op prefix
+             e.strerror if isinstance(e, OSError) and e.strerror else gist(e))
     try:
       with reader(epath.Path(checkpoints_folder)) as saved:  # as a rerun finds them
         resumes = (f'resumes from the checkpoint of step {saved.latest_step()}'
@@ -157,16 +159,10 @@ def reader(folder: epath.Path):
     yield checkpoints
 
 
-def _first_line(error: Exception) -> str:
-  """An error's gist: tensorstore appends kilobytes of its spec to the message."""
-  line = (str(error).splitlines() or [type(error).__name__])[0]
-  return line.split(' [tensorstore_spec=')[0].split('. See full TensorStore details')[0]
-
-
 def _unreadable(checkpoints: ocp.CheckpointManager, step: int, error: Exception) -> UserError:
   return UserError(
       f'The checkpoint {epath.Path(checkpoints.directory) / str(step)} cannot be read; it is '
-      f'corrupt or truncated ({_first_line(error)}). Nothing was deleted. Move that folder out '
+      f'corrupt or truncated ({gist(error)}). Nothing was deleted. Move that folder out '
       f'of {checkpoints.directory} to resume from the checkpoint before it, or use a new '
       '--workdir to start afresh.')
 
@@ -238,7 +234,7 @@ def load_npz(path) -> dict[str, Any]:
   try:
     data = io.BytesIO(paths.resolve(path).read_bytes())
   except paths.storage_errors() as e:
-    raise UserError(f'Cannot read {path} ({_first_line(e)}).') from e
+    raise UserError(f'Cannot read {path} ({gist(e)}).') from e
   if not zipfile.is_zipfile(data):  # else np.load takes it for a pickle and says so
     raise UserError(f'Cannot read {path} as an .npz checkpoint: it is not a zip archive, as an '
                     '.npz is (a truncated download, or another kind of file). Download it again.')
@@ -332,7 +328,7 @@ def load_timm(path) -> dict[str, Any]:
   except ImportError as e:
     raise UserError(f'Reading {path} needs {e.name}: pip install {e.name}.') from e
   except Exception as e:  # the parsers' many errors for a file that is not what it says
-    detail = _first_line(e) if str(e) else 'the file ends early: empty or truncated'
+    detail = gist(e) if str(e) else 'the file ends early: empty or truncated'
     raise UserError(f'Cannot read {path} as timm weights ({type(e).__name__}: {detail}).') from e
   try:
     return from_timm(state_dict)
@@ -372,7 +368,7 @@ def load_params(path, setting: str = 'init_from', mixer: bool = True) -> dict[st
     else:
       raise UserError(f'{setting}={path} is a file of unknown kind: {WEIGHT_KINDS}.')
   except paths.storage_errors() as e:  # e.g. a bucket out of reach or without access
-    raise UserError(f'{setting}={path} cannot be read ({_first_line(e)}): check the path, the '
+    raise UserError(f'{setting}={path} cannot be read ({gist(e)}): check the path, the '
                     'network and your access to it (for gs://, `gcloud auth application-default '
                     'login`).') from e
   if mixer and not {'stem', 'MixerBlock_0'} <= params.keys():
@@ -404,7 +400,7 @@ def _load_orbax_params(folder: epath.Path, what: str) -> dict[str, Any]:
           item=target, restore_args=as_numpy, partial_restore=True))['params']
     except Exception as e:  # orbax and tensorstore raise many kinds of errors here
       raise UserError(f'{what}: the checkpoint {folder / str(step)} cannot be read '
-                      f'({_first_line(e)}).') from e
+                      f'({gist(e)}).') from e
 
 
 def _is_step_folder(path: epath.Path) -> bool:

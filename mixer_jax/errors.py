@@ -9,6 +9,7 @@ releases the workdir's lock, and ends with one line and the same status.
 import errno
 import functools
 import os
+import re
 import signal
 import sys
 
@@ -89,6 +90,14 @@ def _raise_on_signal(signum, frame):
   global pending
   pending = KeyboardInterrupt if signum == signal.SIGINT else Terminated
   raise pending
+
+
+def gist(error: Exception) -> str:
+  """An error's first line, without what libraries wrap around it: tensorstore's kilobytes of
+  spec, TensorFlow's op name ('{{function_node ...}} Unknown image ... [Op:DecodeImage]')."""
+  line = (str(error).splitlines() or [type(error).__name__])[0]
+  line = line.split(' [tensorstore_spec=')[0].split('. See full TensorStore details')[0]
+  return re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', line)
 
 
 # A disk or quota that is full, or a file-size limit: never a mistake in the program.

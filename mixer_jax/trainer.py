@@ -151,7 +151,6 @@ class MetricsLog:
     self.is_main = jax.process_index() == 0
     self.writer = None
     self.path = workdir / 'metrics.jsonl'
-    self.checkpoints = workdir / 'checkpoints'
     self.thread_error = ()  # what clu's writer raises for a failure in its thread
     if self.is_main:
       with self._writing():
@@ -187,7 +186,7 @@ class MetricsLog:
     return torn, len(lines) - len(kept) - torn
 
   def _writing(self):
-    return ckpt.writes_explained('the metrics', self.path.parent, self.checkpoints,
+    return ckpt.writes_explained('the metrics', self.path.parent, self.path.parent / 'checkpoints',
                                  *self.thread_error)
 
   def write(self, step: int, split: str, metrics: dict[str, float]):
