@@ -4,6 +4,8 @@
 second with a message naming the field, its value and the fix, instead of a traceback (or a
 wrong result) after hours of training.
 """
+import math
+
 from mixer_jax import config_files, models
 from mixer_jax.errors import UserError
 
@@ -12,6 +14,9 @@ POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'total_steps', 'grad_accum_ste
                  'eval_every', 'checkpoint_every', 'image_size', 'shuffle_buffer', 'num_classes',
                  *(f'model.{size}' for size in MODEL_SIZES))
 NON_NEGATIVE = ('warmup_steps', 'randaug_layers', 'randaug_magnitude', 'mixup', 'weight_decay')
+# NaN passes every range check below (each comparison is False), and inf some of them.
+FLOATS = ('learning_rate', 'grad_clip_norm', 'randaug_magnitude', 'mixup', 'weight_decay',
+          'stoch_depth', 'augment.max_shift')
 CHOICES = {'dtype': ('float32', 'bfloat16', 'float16'), 'optimizer': ('adam', 'sgd'),
            'lr_decay': ('cosine', 'linear'), 'eval_split': ('test', 'validation', 'train')}
 
@@ -65,6 +70,10 @@ def check_config(config):
         f'The config has no field {", ".join(missing)}, which this run reads: add '
         f'{"it" if len(missing) == 1 else "them"} to the config file (configs/digits.py and '
         'configs/finetune.py set every field, with what each means).')
+  for field in FLOATS:
+    value = config_files.lookup(config, field)
+    if value is not None and not math.isfinite(value):
+      raise UserError(f'{field}={value}: must be a finite number (--config.{field}=X).')
   for field in POSITIVE_INTS:
     value = config_files.lookup(config, field)
     if value is not None and value < 1:

@@ -47,6 +47,10 @@ def synthetic_with_no_classes():
     (synthetic_with_no_classes(), r'num_classes=0: must be a positive integer'),
     (digits_with(warmup_steps=-1), r'warmup_steps=-1: must be 0 or more'),
     (digits_with(learning_rate=0.0), r'learning_rate=0.0: must be more than 0'),
+    # NaN and inf passed every range check: the run diverged at its first step, or (mixup) trained.
+    (digits_with(learning_rate=float('nan')), r'learning_rate=nan: must be a finite number'),
+    (digits_with(grad_clip_norm=float('inf')), r'grad_clip_norm=inf: must be a finite number'),
+    (digits_with(mixup=float('nan')), r'mixup=nan: must be a finite number'),
     (digits_with(stoch_depth=1.0), r'stoch_depth=1.0: must be in \[0, 1\)'),
     (digits_with(augment__max_shift=0.9), r'augment.max_shift=0.9: must be a fraction'),
     # keep_checkpoints=0 made orbax delete every checkpoint, a resumed run's only state too.
