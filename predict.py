@@ -100,6 +100,9 @@ def main(argv):
   if not _CHECKPOINT.value:  # absl's own message for a required flag names no choices
     raise UserError('Give the weights to classify with: --checkpoint=WORKDIR (a train.py run), '
                     'one of its checkpoints/<step> folders, an official .npz or timm weights.')
+  if _LABELS.value is not None and not _LABELS.value.strip():  # else the run's labels, silently
+    raise UserError('--labels is empty (an unset variable in the command?): give a text file '
+                    'with one class name per line, or leave the flag out for the run\'s own.')
   if not image_files:
     raise UserError('Give one or more image files after the flags.')
   for path in image_files:  # before the weights, which can take minutes to load

@@ -64,7 +64,8 @@ def images_per_sec(config, jpegs: list[bytes], seconds: float) -> float:
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  json_out = _JSON_OUT.value and paths.open_to_append(_JSON_OUT.value, 'json_out')
+  json_out = (paths.open_to_append(_JSON_OUT.value, 'json_out') if _JSON_OUT.value is not None
+              else None)
   print(f'Encoding {_NUM_IMAGES.value} JPEGs of ImageNet\'s sizes, then timing each setting for '
         f'{_SECONDS.value:g} s ...', flush=True)
   jpegs = generate_jpegs(_NUM_IMAGES.value)

@@ -131,7 +131,7 @@ def check_flags() -> list[str]:
                            ('memory_limit_gb', _MEMORY_LIMIT, "the device's own limit")):
     if flag.value < 0:
       raise errors.UserError(f'--{name}={flag.value}: must be 0 ({zero}) or positive.')
-  if _JSON_OUT.value:  # now, rather than after the timing
+  if _JSON_OUT.value is not None:  # now, rather than after the timing
     paths.open_to_append(_JSON_OUT.value, 'json_out').close()
   if _DEVICES.value > jax.device_count():
     raise errors.UserError(f'--devices={_DEVICES.value}: only {jax.device_count()} here.')

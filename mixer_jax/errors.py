@@ -8,6 +8,7 @@ releases the workdir's lock, and ends with one line and the same status.
 """
 import errno
 import functools
+import math
 import os
 import re
 import signal
@@ -138,11 +139,16 @@ def absl_flags(argv):
   """flags.FLAGS(argv), except that help asked for ends with status 0 (absl's is 1, a failure
   to a shell or a script)."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except SystemExit as e:
     if e.code == 1 and _HELP & set(argv[1:]):
       sys.exit(0)
     raise
+  for name in flags.FLAGS:  # absl's bounds let NaN through (every comparison with it is False)
+    value = flags.FLAGS[name].value
+    if flags.FLAGS[name].present and isinstance(value, float) and not math.isfinite(value):
+      raise flags.IllegalFlagValueError(f'flag --{name}={value}: must be a finite number')
+  return rest
 
 
 def parse_flags(argv):

@@ -28,6 +28,9 @@ def storage_errors() -> tuple[type[Exception], ...]:
 
 def open_to_append(path: str, flag: str):
   """`path` opened for appending now, so that a wrong --`flag` stops a job before its work."""
+  if not path.strip():  # else no output at all, silently
+    raise UserError(f'--{flag} is empty (an unset variable in the command?): give a file, or '
+                    'leave the flag out.')
   try:
     return resolve(path).open('a')
   except storage_errors() as e:

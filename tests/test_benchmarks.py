@@ -221,7 +221,9 @@ def test_throughput_flags_are_checked_before_anything_runs():
                         ('--deadline=-5', '--deadline=-5.0: must be 0 (no limit) or positive'),
                         ('--resolution=100', 'not a multiple of the patch sizes 32'),
                         ('--json_out=/nowhere/out.jsonl', '--json_out=/nowhere/out.jsonl cannot '
-                         'be written')):
+                         'be written'),
+                        # An unset $VAR: the measurements went nowhere, silently.
+                        ('--json_out=', '--json_out is empty (an unset variable')):
     run = subprocess.run([sys.executable, 'benchmarks/throughput.py', flag], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith('error: ')
@@ -304,6 +306,10 @@ def test_core_days_and_input_pipeline_flags_are_checked_before_anything_runs():
   recipe = '--config=configs/pretrain_imagenet.py:L/16'
   for script, flags, message in (
       ('core_days.py', [recipe, '--images_per_sec_per_core=0'], 'must be more than 0'),
+      # absl's lower bounds let NaN through: 'nan device-days' before, 0.0 images/s for --seconds.
+      ('core_days.py', [recipe, '--images_per_sec_per_core=nan'],
+       'error: flag --images_per_sec_per_core=nan: must be a finite number'),
+      ('input_pipeline.py', ['--seconds=inf'], 'error: flag --seconds=inf: must be a finite number'),
       ('core_days.py', [recipe, '--config.lr=1', '--measure'], '--config.lr: no such field'),
       ('core_days.py', ['--config=configs/nope.py', '--measure'], 'no such file'),
       ('core_days.py', ['--config=configs/digits.py', '--measure'], 'has no Table 1 variant'),

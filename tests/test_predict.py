@@ -85,6 +85,8 @@ def trained(tmp_path_factory):
     (['{run}'], r'.*run is not a file: give JPEG'),
     (['--labels={run}/../labels.txt', '{run}/../not_an_image.png'],
      r'--labels=.*labels.txt has 2 names, the weights 10 classes'),
+    # An unset variable in --labels=$LABELS printed the run's own labels instead.
+    (['--labels=', '{run}/../not_an_image.png'], r'--labels is empty \(an unset variable'),
 ])
 def test_predict_on_bad_input_is_one_error_line(trained, args, message):
   code, out = _predict(trained, *[a.format(run=trained / 'run') for a in args])
