@@ -29,6 +29,8 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
   """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.isfile(path):
+    if not os.path.exists(workdir):
+      raise UserError(f'{workdir} does not exist: give the workdirs of train.py runs.')
     if os.path.isfile(os.path.join(workdir, 'config.json')):  # started, nothing logged yet
       return {}
     if os.path.basename(os.path.normpath(workdir)) == 'metrics.jsonl':

@@ -85,6 +85,8 @@ def test_a_folder_without_metrics_stops_the_command_with_one_line(tmp_path):
   with pytest.raises(UserError, match=rf"metrics.jsonl: give the run's folder, {tmp_path}, "
                                       'rather than its metrics.jsonl'):
     curves.main(['curves.py', str(tmp_path / 'metrics.jsonl')])
+  with pytest.raises(UserError, match=r'/typo does not exist: give the workdirs of train.py runs'):
+    curves.main(['curves.py', str(tmp_path / 'typo')])
 
 
 # --- Input permutations (section 3.4) ---
