@@ -17,6 +17,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags, logging  # noqa: E402
 
+from mixer_jax import paths  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 from studies import study  # noqa: E402
 
@@ -27,18 +28,19 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
   A step logged twice (a finished run evaluated again on restart) keeps its last record; a last
   line without its newline (being written by a live run, or torn by a killed one) is left out.
   """
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
-    if not os.path.exists(workdir):
+  folder = paths.resolve(workdir)  # a local folder or a gs:// one, as train.py writes them
+  path = folder / 'metrics.jsonl'
+  if not path.is_file():
+    if not folder.exists():
       raise UserError(f'{workdir} does not exist: give the workdirs of train.py runs.')
-    if os.path.isfile(os.path.join(workdir, 'config.json')):  # started, nothing logged yet
+    if (folder / 'config.json').is_file():  # started, nothing logged yet
       return {}
-    if os.path.basename(os.path.normpath(workdir)) == 'metrics.jsonl':
+    if folder.name == 'metrics.jsonl':
       raise UserError(f'{workdir}: give the run\'s folder, {os.path.dirname(workdir) or "."}, '
                       'rather than its metrics.jsonl.')
     raise UserError(f'{workdir} has no metrics.jsonl: give the workdirs of train.py runs.')
   by_split = {}
-  with open(path) as f:
+  with path.open() as f:
     for number, line in enumerate(f, 1):
       if not line.endswith('\n'):
         break
@@ -53,9 +55,9 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
 def total_steps(workdir: str) -> int | None:
   """The run's total_steps, from its config.json (None without one)."""
   try:
-    with open(os.path.join(workdir, 'config.json')) as f:
+    with (paths.resolve(workdir) / 'config.json').open() as f:
       return json.load(f).get('total_steps')
-  except (OSError, ValueError, AttributeError):
+  except (*paths.storage_errors(), ValueError, AttributeError):  # tf.io.gfile's for gs://
     return None
 
 

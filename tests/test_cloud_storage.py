@@ -106,11 +106,26 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
     steps = {int(m.group(1)) for m in map(re.compile(r'run/checkpoints/(\d+)/').match, names) if m}
     assert steps == {20, 30}  # keep_checkpoints=2: orbax deleted step 10 on gs://
     download(env, 'run/', tmp_path / 'gs')
+    # The curves of a run on a pod are read where it wrote them.
+    curves = subprocess.run(
+        [sys.executable, 'studies/curves.py', f'gs://{BUCKET}/run', f'gs://{BUCKET}/typo',
+         f'--out={tmp_path / "curves"}'], env=process_env, cwd=ROOT, capture_output=True,
+        text=True, timeout=120)
+    assert curves.returncode == 1 and curves.stderr.strip().splitlines()[-1] == (
+        f'error: gs://{BUCKET}/typo does not exist: give the workdirs of train.py runs.')
+    curves = subprocess.run(
+        [sys.executable, 'studies/curves.py', f'gs://{BUCKET}/run', f'--out={tmp_path / "curves"}'],
+        env=process_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert curves.returncode == 0, curves.stderr[-3000:]
 
   whole = trainer.train_and_evaluate(config, tmp_path / 'whole')  # local files, never stopped
   assert json.loads((tmp_path / 'gs' / 'run' / 'results.json').read_text()) == whole
   gs_log, local_log = [[(r['step'], r['split']) for r in map(json.loads, open(run / 'metrics.jsonl'))]
                        for run in (tmp_path / 'gs' / 'run', tmp_path / 'whole')]
   assert gs_log == local_log  # the steps repeated after the resume are logged once
+  last_train = [r for r in map(json.loads, open(tmp_path / 'gs' / 'run' / 'metrics.jsonl'))
+                if r['split'] == 'train'][-1]
+  [row] = json.loads((tmp_path / 'curves' / 'curves.json').read_text())['runs']
+  assert (row['step'], row['total_steps'], row['train_loss']) == (30, 30, last_train['loss'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                restore_params(tmp_path / 'gs' / 'run', 30), restore_params(tmp_path / 'whole', 30))
