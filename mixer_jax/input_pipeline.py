@@ -217,27 +217,34 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
     raise UserError(f'--config.data_dir={config.data_dir} is a file, not a folder: give the '
                     f'folder that `tfds build {name} --data_dir=DIR` filled (DIR, which holds '
                     f'{name}/).')
+  try:  # tfds.load without downloading, in two steps that fail for different reasons
+    builder = tfds.builder(name, data_dir=data_dir)
+  except (ValueError, AssertionError) as e:  # an unknown name, config or version
+    first_line = str(e).splitlines()[0]
+    if isinstance(e, tfds.core.registered.DatasetNotFoundError) or 'builder name' in first_line:
+      raise UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
+                      'tensorflow-datasets name such as cifar10, cifar100, oxford_iiit_pet, '
+                      'oxford_flowers102 or imagenet2012.') from e
+    raise UserError(f'tensorflow-datasets cannot load {name!r} ({first_line}): check '
+                    '--config.dataset, written NAME, NAME/CONFIG or NAME:VERSION.') from e
   try:
-    return tfds.load(
-        name, split=tfds.even_splits(tfds_split, n=process_count)[process_index],
-        data_dir=data_dir, download=False, with_info=True, as_supervised=True,
+    ds = builder.as_dataset(
+        split=tfds.even_splits(tfds_split, n=process_count)[process_index], as_supervised=True,
         shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
         decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
-  except ValueError as e:  # DatasetNotFoundError is one, and so is a name tfds cannot parse
-    unknown = isinstance(e, tfds.core.registered.DatasetNotFoundError)
-    if not unknown and 'builder name' not in str(e):  # a split the data set does not have
-      raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): '
-                      'choose another --config.eval_split.') from e
-    raise UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
-                    'tensorflow-datasets name such as cifar10, cifar100, oxford_iiit_pet, '
-                    'oxford_flowers102 or imagenet2012.') from e
+  except ValueError as e:
+    raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): choose '
+                    'another --config.eval_split.') from e
   except AssertionError as e:  # tfds' way of saying the prepared files are not there
+    # Data sets such as imagenet2012 are built from files the user fetches: tfds says which.
+    manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+    manual = ' Before `tfds build`: ' + ' '.join(manual.split()).replace(
+        'manual_dir', 'DIR/downloads/manual') if manual else ''
     raise UserError(
         f'Data set {name!r} is not prepared in {where}, and runs never download. On a machine '
-        f'with internet run `tfds build {name} --data_dir=DIR` (imagenet2012 first needs the '
-        'ILSVRC2012 tar files in DIR/downloads/manual), copy DIR here, and pass '
-        f'--config.data_dir=DIR.') from e
-
+        f'with internet run `tfds build {name} --data_dir=DIR`, copy DIR here, and pass '
+        f'--config.data_dir=DIR.{manual}') from e
+  return ds, builder.info
 
 def count_examples(config, split: str) -> int:
   """Examples in the whole split: from the data set's metadata, else (mocked data) by reading."""

@@ -161,6 +161,37 @@ def test_data_set_not_on_disk_fails_at_once_with_where_and_how(tmp_path):
       (tmp_path / 'run' / 'checkpoints').iterdir())
 
 
+@pytest.mark.parametrize('recipe, manual', [
+    (lambda: finetune.get_config('S/32,cifar10,smoke'), None),
+    (lambda: pretrain_imagenet.get_config('S/32'),
+     'two files: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar')],
+    ids=['cifar10', 'imagenet2012'])
+def test_data_set_built_from_fetched_files_says_which(tmp_path, recipe, manual):
+  # tfds' own instructions for data sets it cannot download, and only for those.
+  config = recipe()
+  config.data_dir = str(tmp_path)
+  with pytest.raises(UserError) as error:
+    input_pipeline.load_tfds(config, 'train')
+  message = str(error.value)
+  assert f'`tfds build {config.dataset} --data_dir=DIR`' in message
+  if manual:
+    assert f'Before `tfds build`: DIR/downloads/manual should contain {manual}' in message
+  else:
+    assert 'downloads/manual' not in message and 'ILSVRC' not in message
+
+
+
+@pytest.mark.parametrize('dataset, problem', [
+    ('cifar10:9.9.9', 'cannot be loaded at version 9.9.9, only: 3.0.2'),
+    ('cifar10/grayscale', 'BuilderConfig grayscale not found')])
+def test_a_version_or_config_the_data_set_lacks_is_named_not_called_unprepared(
+    tmp_path, dataset, problem):
+  config = finetune.get_config('S/32,cifar10,smoke')
+  config.update(dict(dataset=dataset, data_dir=str(tmp_path)))
+  with pytest.raises(UserError, match=rf"tensorflow-datasets cannot load '{dataset}' \(.*"
+                     rf'{problem}.*\): check --config.dataset, written NAME, NAME/CONFIG'):
+    input_pipeline.load_tfds(config, 'train')
+
 def test_data_dir_that_is_a_file_is_named_as_one(tmp_path):
   config = finetune.get_config('S/32,cifar10,smoke')
   config.data_dir = str(tmp_path / 'cifar10.tar')
