@@ -37,8 +37,15 @@ class Stopped(Exception):
     self.exit_status = 128 + signal.Signals[signal_name]
 
 
+def say(message: str):
+  """One line on stderr in one write: print's two (text, then newline) let a C++ logger's line,
+  such as TensorFlow's summary writer failing in its thread, end up inside ours."""
+  sys.stderr.write(message + '\n')
+  sys.stderr.flush()
+
+
 def exit_with(message: str, status: int = 1):
-  print(message, file=sys.stderr, flush=True)
+  say(message)
   sys.exit(status)
 
 
@@ -56,7 +63,7 @@ def end_now(message: str, status: int):
   """Ends the process without unwinding or interpreter shutdown: either can crash with a
   segmentation fault when the signal came inside jaxlib's import or XLA's compilation."""
   sys.stdout.flush()
-  print(message, file=sys.stderr, flush=True)
+  say(message)
   os._exit(status)
 
 
