@@ -246,6 +246,7 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         f'--config.data_dir=DIR.{manual}') from e
   return ds, builder.info
 
+
 def count_examples(config, split: str) -> int:
   """Examples in the whole split: from the data set's metadata, else (mocked data) by reading."""
   ds, info = load_tfds(config, split)

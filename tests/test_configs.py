@@ -180,7 +180,6 @@ def test_data_set_built_from_fetched_files_says_which(tmp_path, recipe, manual):
     assert 'downloads/manual' not in message and 'ILSVRC' not in message
 
 
-
 @pytest.mark.parametrize('dataset, problem', [
     ('cifar10:9.9.9', 'cannot be loaded at version 9.9.9, only: 3.0.2'),
     ('cifar10/grayscale', 'BuilderConfig grayscale not found')])
@@ -191,6 +190,7 @@ def test_a_version_or_config_the_data_set_lacks_is_named_not_called_unprepared(
   with pytest.raises(UserError, match=rf"tensorflow-datasets cannot load '{dataset}' \(.*"
                      rf'{problem}.*\): check --config.dataset, written NAME, NAME/CONFIG'):
     input_pipeline.load_tfds(config, 'train')
+
 
 def test_data_dir_that_is_a_file_is_named_as_one(tmp_path):
   config = finetune.get_config('S/32,cifar10,smoke')

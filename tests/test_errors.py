@@ -54,7 +54,6 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_status_130():
   assert (run.returncode, run.stdout, run.stderr) == (130, 'started\n', 'Interrupted (Ctrl-C).\n')
 
 
-
 def test_the_error_line_stays_whole_while_another_thread_logs():
   """TensorFlow's summary writer logs from its own thread, straight to file descriptor 2, as the
   trainer reports the failed write that stopped the run: no log line may land inside ours."""
@@ -72,6 +71,7 @@ def test_the_error_line_stays_whole_while_another_thread_logs():
       errors.exit_with('error: the last one')""")], capture_output=True, text=True, timeout=60)
   lines = [line for line in run.stderr.splitlines() if not line.startswith('W tf: ')]
   assert run.returncode == 1 and lines == ['error: ' + 'x' * 200] * 2000 + ['error: the last one']
+
 
 def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_path):
   """Any entry point (a study's figure, a benchmark's JSON lines) that cannot write for want of
