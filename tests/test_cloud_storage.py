@@ -106,17 +106,18 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
     steps = {int(m.group(1)) for m in map(re.compile(r'run/checkpoints/(\d+)/').match, names) if m}
     assert steps == {20, 30}  # keep_checkpoints=2: orbax deleted step 10 on gs://
     download(env, 'run/', tmp_path / 'gs')
+
     # The curves of a run on a pod are read where it wrote them.
-    curves = subprocess.run(
-        [sys.executable, 'studies/curves.py', f'gs://{BUCKET}/run', f'gs://{BUCKET}/typo',
-         f'--out={tmp_path / "curves"}'], env=process_env, cwd=ROOT, capture_output=True,
-        text=True, timeout=120)
-    assert curves.returncode == 1 and curves.stderr.strip().splitlines()[-1] == (
+    def curves(*runs):
+      command = [sys.executable, 'studies/curves.py', *[f'gs://{BUCKET}/{r}' for r in runs],
+                 f'--out={tmp_path / "curves"}']
+      return subprocess.run(command, env=process_env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    typo = curves('run', 'typo')
+    assert typo.returncode == 1 and typo.stderr.strip().splitlines()[-1] == (
         f'error: gs://{BUCKET}/typo does not exist: give the workdirs of train.py runs.')
-    curves = subprocess.run(
-        [sys.executable, 'studies/curves.py', f'gs://{BUCKET}/run', f'--out={tmp_path / "curves"}'],
-        env=process_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert curves.returncode == 0, curves.stderr[-3000:]
+    found = curves('run')
+    assert found.returncode == 0, found.stderr[-3000:]
 
   whole = trainer.train_and_evaluate(config, tmp_path / 'whole')  # local files, never stopped
   assert json.loads((tmp_path / 'gs' / 'run' / 'results.json').read_text()) == whole
