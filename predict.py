@@ -66,8 +66,8 @@ def classify(params, image_files: list[str], checkpoint: str,
     try:
       image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
     except tf.errors.InvalidArgumentError as e:
-      raise UserError(f'Cannot read {path} as an image ({errors.gist(e)}): give JPEG, PNG, GIF, '
-                      'BMP or WebP files.') from e
+      raise UserError(f'Cannot read {path} as an image ({input_pipeline.why_undecodable(e)}): '
+                      'give JPEG, PNG, GIF, BMP or WebP files.') from e
     return (input_pipeline.eval_image(config, image) if config is not None
             else input_pipeline.to_model_input(image, resolution)).numpy()
 

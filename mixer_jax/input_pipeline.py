@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from absl import logging
 
-from mixer_jax import paths, permutations, randaugment, steps
+from mixer_jax import errors, paths, permutations, randaugment, steps
 from mixer_jax.errors import UserError
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
@@ -71,12 +71,21 @@ def decode_image(encoded):
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
-def _is_decodable(path: str) -> bool:
+def why_undecodable(error: tf.errors.OpError) -> str:
+  """decode_image's error in a user's words. TensorFlow reads only the still WebP files: of an
+  animated one it asks for 4 channels, which it then refuses too."""
+  if 'WebP Animation' in str(error):
+    return 'an animated WebP, which TensorFlow cannot decode: save a frame as PNG or JPEG'
+  return errors.gist(error)
+
+
+def _decoding_problem(path: str) -> str | None:
+  """Why the file at `path` cannot be decoded, or None where it can."""
   try:
     decode_image(tf.io.read_file(path))
-    return True
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-    return False
+    return None
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+    return why_undecodable(e)
 
 
 def _files_under(folder: str) -> list[str]:
@@ -153,11 +162,12 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
   image_paths, labels, corrupt = [], [], []
   for path, label in _progress(listed, f'Decoding each image of {split} once', 'image',
                                verify and len(listed) >= 5000):
-    if not verify or _is_decodable(path):
+    reason = _decoding_problem(path) if verify else None
+    if reason is None:
       image_paths.append(path)
       labels.append(label)
     else:
-      corrupt.append(path)
+      corrupt.append(f'{path} ({reason})')
   for problem, found in (('corrupt or unreadable image(s)', corrupt),
                          (f'file(s) without an image extension ({", ".join(IMAGE_EXTENSIONS)})',
                           ignored)):

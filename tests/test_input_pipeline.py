@@ -143,10 +143,16 @@ def test_image_folder_reads_sub_folders_and_logs_the_files_it_skips(tmp_path, ca
   (root / 'train' / '.ipynb_checkpoints').mkdir()  # hidden: not a class
   # Any format decode_image reads counts (PIL comes with matplotlib).
   PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / 'train' / 'cat' / 'extra.gif')
+  frames = [PIL.Image.new('RGB', (16, 16), colour) for colour in ('red', 'blue')]
+  frames[0].save(root / 'train' / 'dog' / 'animated.webp', save_all=True, append_images=frames[1:])
   split = input_pipeline.load_image_folder(str(root), 'train')
   assert len(split.labels) == 13 and any('fox/more/0.jpg' in p for p in split.images)
   assert split.num_classes == 3 and np.bincount(split.labels).tolist() == [5, 4, 4]
-  assert 'Skipped 2 corrupt or unreadable image(s)' in caplog.text and 'broken.jpg' in caplog.text
+  # Each skipped file with the decoder's reason: a truncated download is not an animation.
+  assert 'Skipped 3 corrupt or unreadable image(s)' in caplog.text
+  assert 'cat/empty.png (Input is empty.)' in caplog.text and 'broken.jpg (' in caplog.text
+  assert ('dog/animated.webp (an animated WebP, which TensorFlow cannot decode: save a frame as '
+          'PNG or JPEG)') in caplog.text
   assert 'Skipped 1 file(s) without an image extension' in caplog.text and 'notes.txt' in (
       caplog.text)
 

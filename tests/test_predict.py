@@ -5,6 +5,7 @@ import sys
 
 import jax
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow as tf
 
@@ -75,6 +76,8 @@ def trained(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('predict')
   trainer.train_and_evaluate(small_config(total_steps=5), str(tmp_path / 'run'))
   (tmp_path / 'not_an_image.png').write_bytes(b'hello')
+  frames = [PIL.Image.new('RGB', (8, 8), colour) for colour in ('red', 'blue')]
+  frames[0].save(tmp_path / 'animated.webp', save_all=True, append_images=frames[1:])
   (tmp_path / 'labels.txt').write_text('zero\none\n')
   return tmp_path
 
@@ -83,6 +86,9 @@ def trained(tmp_path_factory):
     (['{run}/../not_an_image.png'], r'Cannot read .*not_an_image.png as an image \(Unknown '
                                     r'image file format\. One of [^{}\[\]]*\): give JPEG'),
     (['{run}'], r'.*run is not a file: give JPEG'),
+    # TensorFlow's own words ('WebP Animation must be 4 channel RGBA') suggest a fix that fails.
+    (['{run}/../animated.webp'], r'Cannot read .*animated.webp as an image \(an animated WebP, '
+                                 r'which TensorFlow cannot decode: save a frame as PNG or JPEG\)'),
     (['--labels={run}/../labels.txt', '{run}/../not_an_image.png'],
      r'--labels=.*labels.txt has 2 names, the weights 10 classes'),
     # An unset variable in --labels=$LABELS printed the run's own labels instead.
