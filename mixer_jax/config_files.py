@@ -79,9 +79,11 @@ def exit_unless_loadable(argv, default: str | None):
   path = config_arg(argv, default)
   if path is None:
     return
-  if not os.path.isfile(path.partition(':')[0]):
-    errors.exit_with(f'error: --config={path}: no such file. The recipes are the files in '
-                     'configs/, e.g. --config=configs/digits.py.')
+  file = path.partition(':')[0]
+  if not os.path.isfile(file):
+    what = ' is a folder, not a recipe' if os.path.isdir(file) else ': no such file'
+    errors.exit_with(f'error: --config={path}{what}. The recipes are the files in configs/, '
+                     'e.g. --config=configs/digits.py.')
   try:
     check_is_python(path)
     check_fields_follow_config(argv)

@@ -166,6 +166,8 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
     (['--config=configs/finetune.py:S/32,digits'], r'This recipe fine-tunes pre-trained '
                                                    r'weights, and init_from is not set'),
     (['--config=configs/nope.py'], r'--config=configs/nope.py: no such file'),
+    (['--config=configs'], r'--config=configs is a folder, not a recipe\. The recipes are the '
+                           r'files in configs/, e\.g\. --config=configs/digits\.py'),
     (['--config=README.md'], r'--config=README.md is not a recipe: give a Python file with '
                              r'get_config\(\)'),  # e.g. a run's config.json
     (['--config=configs/cifar10_scratch.py:x'], r'--config=configs/cifar10_scratch.py:x cannot '
