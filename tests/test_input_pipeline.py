@@ -132,6 +132,12 @@ def test_image_folder_batches_have_configured_shape_and_labels(tmp_path):
   np.testing.assert_array_equal(centre.argmax(-1), batch['label'])
 
 
+def save_animated_webp(path):
+  """Two frames, as web pages serve them: a format TensorFlow's decoder cannot read."""
+  frames = [PIL.Image.new('RGB', (16, 16), colour) for colour in ('red', 'blue')]
+  frames[0].save(path, save_all=True, append_images=frames[1:])
+
+
 def test_image_folder_reads_sub_folders_and_logs_the_files_it_skips(tmp_path, caplog):
   root = make_image_folder(tmp_path)
   (root / 'train' / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
@@ -143,8 +149,7 @@ def test_image_folder_reads_sub_folders_and_logs_the_files_it_skips(tmp_path, ca
   (root / 'train' / '.ipynb_checkpoints').mkdir()  # hidden: not a class
   # Any format decode_image reads counts (PIL comes with matplotlib).
   PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / 'train' / 'cat' / 'extra.gif')
-  frames = [PIL.Image.new('RGB', (16, 16), colour) for colour in ('red', 'blue')]
-  frames[0].save(root / 'train' / 'dog' / 'animated.webp', save_all=True, append_images=frames[1:])
+  save_animated_webp(root / 'train' / 'dog' / 'animated.webp')
   split = input_pipeline.load_image_folder(str(root), 'train')
   assert len(split.labels) == 13 and any('fox/more/0.jpg' in p for p in split.images)
   assert split.num_classes == 3 and np.bincount(split.labels).tolist() == [5, 4, 4]

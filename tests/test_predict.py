@@ -5,12 +5,11 @@ import sys
 
 import jax
 import numpy as np
-import PIL.Image
 import pytest
 import tensorflow as tf
 
 from mixer_jax import checkpoints, input_pipeline, trainer
-from test_input_pipeline import folder_config, make_image_folder
+from test_input_pipeline import folder_config, make_image_folder, save_animated_webp
 from training import ROOT, error_line, small_config
 
 
@@ -76,8 +75,7 @@ def trained(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('predict')
   trainer.train_and_evaluate(small_config(total_steps=5), str(tmp_path / 'run'))
   (tmp_path / 'not_an_image.png').write_bytes(b'hello')
-  frames = [PIL.Image.new('RGB', (8, 8), colour) for colour in ('red', 'blue')]
-  frames[0].save(tmp_path / 'animated.webp', save_all=True, append_images=frames[1:])
+  save_animated_webp(tmp_path / 'animated.webp')
   (tmp_path / 'labels.txt').write_text('zero\none\n')
   return tmp_path
 
