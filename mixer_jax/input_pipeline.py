@@ -230,7 +230,7 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
   try:  # tfds.load without downloading, in two steps that fail for different reasons
     builder = tfds.builder(name, data_dir=data_dir)
   except (ValueError, AssertionError) as e:  # an unknown name, config or version
-    first_line = str(e).splitlines()[0]
+    first_line = errors.gist(e)
     if isinstance(e, tfds.core.registered.DatasetNotFoundError) or 'builder name' in first_line:
       raise UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
                       'tensorflow-datasets name such as cifar10, cifar100, oxford_iiit_pet, '
@@ -243,7 +243,7 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
         shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=config.seed),
         decoders={'image': tfds.decode.SkipDecoding()})  # decode after shuffling the bytes
   except ValueError as e:
-    raise UserError(f'{name!r} has no split {tfds_split!r} ({str(e).splitlines()[0]}): choose '
+    raise UserError(f'{name!r} has no split {tfds_split!r} ({errors.gist(e)}): choose '
                     'another --config.eval_split.') from e
   except AssertionError as e:  # tfds' way of saying the prepared files are not there
     # Data sets such as imagenet2012 are built from files the user fetches: tfds says which.
