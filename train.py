@@ -136,7 +136,7 @@ def initialize_distributed(workdir):
     elif detected:
       jax.distributed.initialize()  # TPU pod slice, SLURM or Open MPI
   except (RuntimeError, ValueError) as e:
-    raise errors.UserError(f'jax.distributed could not start ({str(e).splitlines()[0]}): check '
+    raise errors.UserError(f'jax.distributed could not start ({errors.gist(e)}): check '
                            '--coordinator_address, --num_processes and --process_id.') from e
 
 

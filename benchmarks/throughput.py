@@ -487,7 +487,7 @@ def measure(variant: Variant, mode: str, batch_size: int,
                                              sync_every_step=on_cpu)
     except Exception as e:  # noqa: BLE001  (one failure must not end a long sweep)
       reason = 'does not fit' if does_not_fit(e) else 'failed'
-      print(f'{what}: {reason} ({str(e).strip().splitlines()[0][:300]}), skipped', flush=True)
+      print(f'{what}: {reason} ({errors.gist(e)[:300]}), skipped', flush=True)
       variant.reset_state()  # a failed training step may have consumed the donated state
       continue
     step_bytes[formulation], compile_s[formulation] = compiled[1], compiled[2]

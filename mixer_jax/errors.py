@@ -103,7 +103,7 @@ def _raise_on_signal(signum, frame):
 def gist(error: Exception) -> str:
   """An error's first line, without what libraries wrap around it: tensorstore's kilobytes of
   spec, TensorFlow's op name ('{{function_node ...}} Unknown image ... [Op:DecodeImage]')."""
-  line = (str(error).splitlines() or [type(error).__name__])[0]
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
   line = line.split(' [tensorstore_spec=')[0].split('. See full TensorStore details')[0]
   return re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$', '', line)
 

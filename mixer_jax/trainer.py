@@ -225,7 +225,7 @@ def out_of_memory_explained(config, per_device: int):
     if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e).lower():
       raise
     raise UserError(
-        f'Out of device memory ({str(e).splitlines()[0][:200]}) with batch_size='
+        f'Out of device memory ({errors.gist(e)[:200]}) with batch_size='
         f'{config.batch_size} ({per_device} a device) at {config.image_size}x{config.image_size}:'
         ' lower batch_size or eval_batch_size, raise grad_accum_steps'
         + (', or set model.remat=True (recomputes activations)' if 'remat' in config.model
@@ -313,7 +313,7 @@ def claim_workdir(workdir: epath.Path):
           error = e
         except paths.storage_errors() as e:
           error = UserError(f'The workdir {workdir} cannot be created or written ('
-                            f'{str(e).splitlines()[0]}): give a --workdir this user can write.')
+                            f'{errors.gist(e)}): give a --workdir this user can write.')
       if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(error is not None):
         error = error or UserError(f'Process 0 could not start the run in {workdir}: see its '
                                    'error.')

@@ -97,3 +97,16 @@ def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_pa
                        capture_output=True, text=True, timeout=60)
   assert run.returncode == 1 and run.stderr.rstrip().endswith(
       f"FileNotFoundError: [Errno 2] No such file or directory: '{tmp_path / 'no' / 'figure.png'}'")
+
+
+@pytest.mark.parametrize('error, expected', [
+    (ValueError('first line\nsecond line'), 'first line'),
+    (ValueError('\n  \nXLA put a blank line first\nthen details'), 'XLA put a blank line first'),
+    (ValueError(''), 'ValueError'),
+    (OSError('Error opening "file" driver: Not found [tensorstore_spec=\'{"driver":"zarr"}\']'),
+     'Error opening "file" driver: Not found'),
+    (ValueError('{{function_node __wrapped__DecodeImage}} Unknown image file format. '
+                '[Op:DecodeImage] name: '), 'Unknown image file format.'),
+])
+def test_gist_is_the_first_line_that_says_something_without_library_wrapping(error, expected):
+  assert errors.gist(error) == expected
