@@ -117,6 +117,15 @@ def fields_help(config, path: str) -> str:
           'them):\n' + '\n'.join(lines))
 
 
+def flag_error_message(error) -> str:
+  """absl's error for a flag. Where a recipe's get_config raised (refusing its argument), absl
+  quotes the whole traceback: its first line names the flag, its last says why."""
+  message = str(error)
+  if 'Traceback' in message:
+    message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
+  return message
+
+
 def exit_on_unknown_fields(argv, config, error, default: str | None):
   """Names every --config.<field> that the config file lacks, with the fields it has."""
   path = config_arg(argv, default)
@@ -127,9 +136,7 @@ def exit_on_unknown_fields(argv, config, error, default: str | None):
   unknown = [o for o in overrides
              if config is not None and lookup(config, o[len('--config.'):], missing) is missing]
   if not unknown:
-    message = str(error)
-    if 'Traceback' in message:  # raised by the config file's get_config: its message suffices
-      message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
+    message = flag_error_message(error)
     hint = (f'{path.partition(":")[0]} documents each field' if message.startswith('flag --config.')
             else '--help lists the flags')
     errors.exit_with(f'error: {message} ({hint}).')

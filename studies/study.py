@@ -37,10 +37,8 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
   try:
     positional = values(list(argv))[1:]
   except flags.Error as e:
-    message = str(e)
-    if 'Traceback' in message:  # a recipe's get_config refused its argument: its last line says why
-      message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
-    message = message.strip().rstrip('.')  # a validator's own sentence ends before ours
+    # A validator's own sentence ends before ours.
+    message = config_files.flag_error_message(e).strip().rstrip('.')
     raise UserError(' '.join(f'{message} (--help lists the options).'.split())) from e
   if positional and not takes_arguments:
     raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the options).')

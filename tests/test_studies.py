@@ -158,6 +158,10 @@ def test_a_rerun_with_other_settings_is_refused_before_any_run_trains(permutatio
     ('--config.model.depth=3', '--config.model.depth: no such field in the recipe'),
     ('--config=configs/no_such_recipe.py', 'Cannot load the recipe: .* No such file'),
     ('--config=README.md', r'--config=README.md is not a recipe: give a Python file'),
+    # The recipe's get_config refused its argument: its reason, not absl's quoted traceback.
+    ('--config=configs/cifar10_scratch.py:4,smokey',
+     r"Error whilst parsing config file: ValueError: unknown option 'smokey': the argument is "
+     r'PATCH\[,smoke\]'),
     (('--config.total_steps=3', '--config=configs/digits.py'),
      r'--config.total_steps=3 comes before --config: give --config=configs/digits.py first'),
 ])
