@@ -495,7 +495,8 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
         preempted = preemption.reached(step)
         log_now = step % config.log_every == 0 or step == config.total_steps
         save_now = step % config.checkpoint_every == 0 or step == config.total_steps or preempted
-        if one_step_in_flight or log_now or save_now:
+        eval_now = step % config.eval_every == 0 and step != config.total_steps
+        if one_step_in_flight or log_now or save_now or eval_now:  # waits for the steps
           window += fetch_finite(unchecked, checkpoints.latest_step())
           unchecked = []
 
@@ -507,10 +508,12 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
           progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
           window, window_start = [], time.perf_counter()
           checkpoints.check_for_errors()
-        if step % config.eval_every == 0 and step != config.total_steps:
+        paused = time.perf_counter()  # steps_per_sec leaves evaluating and saving out
+        if eval_now:
           log.write(step, config.eval_split, evaluate(eval_step, state, config, mesh))
         if save_now:
           checkpoints.save(step, args=ocp.args.StandardSave(state))
+        window_start += time.perf_counter() - paused
         if preempted:
           break
     finally:

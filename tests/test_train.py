@@ -21,7 +21,18 @@ from training import (ROOT, SMALL_MODEL, SMALL_MODEL_FLAGS, error_line, restore_
                       run_train_py, small_config)
 from test_input_pipeline import class_unknown_to_train, folder_config, make_image_folder
 
-def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path):
+def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path, monkeypatch):
+  # A clock on which each evaluation and checkpoint save takes 1000 s more: steps_per_sec, the
+  # rate of training, leaves them out (a window of 10 steps after one fell to 0.005).
+  clock, late = time.perf_counter, [0.0]
+  monkeypatch.setattr(time, 'perf_counter', lambda: clock() + late[0])
+  def slow(work):
+    def slowed(*args, **kwargs):
+      late[0] += 1000
+      return work(*args, **kwargs)
+    return slowed
+  monkeypatch.setattr(trainer, 'evaluate', slow(trainer.evaluate))
+  monkeypatch.setattr(trainer.ckpt._Manager, 'save', slow(trainer.ckpt._Manager.save))
   results = trainer.train_and_evaluate(small_config(total_steps=60), str(tmp_path))
   assert results['test_accuracy'] > 0.6  # chance is 0.1
   assert json.loads((tmp_path / 'results.json').read_text()) == results
@@ -29,6 +40,7 @@ def test_training_learns_and_writes_metrics_checkpoints_and_results(tmp_path):
   train = [r for r in records if r['split'] == 'train']
   assert [r['step'] for r in train] == [10, 20, 30, 40, 50, 60]
   assert train[-1]['loss'] < train[0]['loss']
+  assert min(r['steps_per_sec'] for r in train) > 0.1, train
   # The rate the logged step used (of the schedule at step - 1): warmup to 3e-3 over 10 steps,
   # then a cosine over the other 50.
   rate = lambda t: 3e-3 * (t / 10 if t < 10 else 0.5 * (1 + math.cos(math.pi * (t - 10) / 50)))
