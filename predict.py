@@ -1,6 +1,7 @@
 """Classifies image files with a Mixer checkpoint and prints the top classes.
 
   python predict.py --checkpoint runs/digits image.png [more images ...]   # the run's class names
+  python predict.py --checkpoint runs/digits photos/    # every image in the folder (gs:// too)
   python predict.py --checkpoint Mixer-B_16.npz --labels imagenet_labels.txt cat.jpg
 
 The checkpoint is a workdir (its newest checkpoint), a checkpoints/<step> folder, an official
@@ -79,6 +80,32 @@ def classify(params, image_files: list[str], checkpoint: str,
     yield from np.asarray(probabilities({'params': params}, np.stack(padded)))[:len(images)]
 
 
+def image_files(args: list[str]) -> list[str]:
+  """The files named, each folder replaced by the image files under it, in sub-folders too
+  (sorted: a shell's glob does not reach into gs:// folders)."""
+  files = []
+  for path in args:
+    found = paths.resolve(path)
+    if found.is_dir():
+      from mixer_jax import input_pipeline  # TensorFlow, which lists gs:// folders
+      under = input_pipeline.files_under(path if paths.is_url(path) else os.path.expanduser(path))
+      extensions = input_pipeline.IMAGE_EXTENSIONS
+      images = sorted(f for f in under if f.lower().endswith(extensions))
+      if not images:
+        raise UserError(f'{path} is a folder without images ({", ".join(extensions)}, in '
+                        'sub-folders too): give image files or a folder that holds them.')
+      if len(images) < len(under):
+        logging.warning('%s: %d file(s) without an image extension (%s) are not classified.',
+                        path, len(under) - len(images), ', '.join(extensions))
+      files += images
+    elif found.is_file():
+      files.append(path)
+    else:
+      raise UserError(f'{path} {"is not a file" if found.exists() else "does not exist"}: give '
+                      'JPEG, PNG, GIF, BMP or WebP files, or folders of them.')
+  return files
+
+
 def read_labels(path, num_classes: int, what: str | None = None) -> list[str]:
   """One class name per line, as many as the weights have classes."""
   what = what or f'--labels={path}'
@@ -96,20 +123,15 @@ def read_labels(path, num_classes: int, what: str | None = None) -> list[str]:
 
 @errors.reported
 def main(argv):
-  image_files = argv[1:]
   if not _CHECKPOINT.value:  # absl's own message for a required flag names no choices
     raise UserError('Give the weights to classify with: --checkpoint=WORKDIR (a train.py run), '
                     'one of its checkpoints/<step> folders, an official .npz or timm weights.')
   if _LABELS.value is not None and not _LABELS.value.strip():  # else the run's labels, silently
     raise UserError('--labels is empty (an unset variable in the command?): give a text file '
                     'with one class name per line, or leave the flag out for the run\'s own.')
-  if not image_files:
-    raise UserError('Give one or more image files after the flags.')
-  for path in image_files:  # before the weights, which can take minutes to load
-    found = paths.resolve(path)
-    if not found.is_file():
-      raise UserError(f'{path} {"is not a file" if found.exists() else "does not exist"}: give '
-                      'JPEG, PNG, GIF, BMP or WebP files.')
+  if not argv[1:]:
+    raise UserError('Give one or more image files, or folders of them, after the flags.')
+  files = image_files(argv[1:])  # before the weights, which can take minutes to load
   logging.set_verbosity(logging.WARNING)  # the output is the classes, not orbax's progress
   params = checkpoints.load_params(_CHECKPOINT.value, '--checkpoint')
   num_classes = checkpoints.model_kwargs(params)['num_classes']
@@ -121,8 +143,7 @@ def main(argv):
   else:  # a train.py run's class names (its data set's), where it wrote them
     saved = checkpoints.run_file(_CHECKPOINT.value, 'labels.txt')
     labels = read_labels(saved, num_classes, str(saved)) if saved else None
-  for path, p in zip(image_files, classify(params, image_files, _CHECKPOINT.value,
-                                           _BATCH_SIZE.value)):
+  for path, p in zip(files, classify(params, files, _CHECKPOINT.value, _BATCH_SIZE.value)):
     print(path, flush=True)
     for k in np.argsort(-p)[:_TOP_K.value]:
       print(f'  {p[k]:7.2%}  {labels[k] if labels else f"class {k}"}')

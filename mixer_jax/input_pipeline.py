@@ -88,7 +88,7 @@ def _decoding_problem(path: str) -> str | None:
     return why_undecodable(e)
 
 
-def _files_under(folder: str) -> list[str]:
+def files_under(folder: str) -> list[str]:
   """Every file below `folder`, in sub-folders too, as torchvision's ImageFolder reads them."""
   if not paths.is_url(folder):
     found, seen, top = [], set(), os.path.realpath(folder)
@@ -104,7 +104,7 @@ def _files_under(folder: str) -> list[str]:
   found = []
   for name in tf.io.gfile.listdir(folder):
     path = f'{folder.rstrip("/")}/{name}'
-    found += _files_under(path) if name.endswith('/') else [path]
+    found += files_under(path) if name.endswith('/') else [path]
   return found
 
 
@@ -152,7 +152,7 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
       raise UserError(f'Class folder {name!r} of {os.path.join(root, split)} is missing from '
                       f'the training split ({", ".join(classes)}): add it there or remove it.')
     folder = os.path.join(root, split, name)
-    files = sorted(_files_under(folder))
+    files = sorted(files_under(folder))
     ignored += [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
     files = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:

@@ -119,6 +119,20 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
     found = curves('run')
     assert found.returncode == 0, found.stderr[-3000:]
 
+    # predict.py on a gs:// folder, which no shell glob reaches into, with the run's weights and
+    # class names there too: what it prints of the local copies.
+    def predict(checkpoint, folder):
+      command = [sys.executable, 'predict.py', f'--checkpoint={checkpoint}', '--top_k=2', folder]
+      done = subprocess.run(command, env=process_env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+      assert done.returncode == 0, done.stderr[-3000:]
+      return done.stdout.replace(folder, '<folder>')
+    on_gs = predict(f'gs://{BUCKET}/run', f'gs://{BUCKET}/data/test')
+    assert on_gs == predict(str(tmp_path / 'gs' / 'run'), str(data / 'test'))
+    images = sorted(p.relative_to(data / 'test') for p in (data / 'test').rglob('*.*'))
+    assert re.findall(r'<folder>/(\S+)', on_gs) == [str(p) for p in images]
+    assert set(re.findall(r'%\s+(\S+)', on_gs)) <= {'cat', 'dog', 'fox'}, on_gs
+
   whole = trainer.train_and_evaluate(config, tmp_path / 'whole')  # local files, never stopped
   assert json.loads((tmp_path / 'gs' / 'run' / 'results.json').read_text()) == whole
   gs_log, local_log = [[(r['step'], r['split']) for r in map(json.loads, open(run / 'metrics.jsonl'))]

@@ -17,10 +17,11 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   trainer.train_and_evaluate(small_config(total_steps=150), str(tmp_path / 'run'))
   test = input_pipeline.load_digits('test')
   paths = []
-  for i in range(6):
-    path = tmp_path / f'digit{i}.png'
+  for i in range(6):  # half of them in a sub-folder, for the folder's turn below
+    path = tmp_path / 'images' / ('more/' if i > 2 else '') / f'digit{i}.png'
     tf.io.write_file(str(path), tf.io.encode_png(test.images[i]))
     paths.append(str(path))
+  (tmp_path / 'images' / 'notes.txt').write_text('not an image')
   # As Windows' Notepad saves it: a byte-order mark first, which is not part of the first name.
   (tmp_path / 'labels.txt').write_text('\ufeff' + '\n'.join(f'digit {k}' for k in range(10)),
                                        encoding='utf-8')
@@ -40,6 +41,11 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   for (path_b, p_b, name_b), (path, p, name) in zip(listed(batched), listed(out)):
     assert (path_b, name_b) == (path, name) and float(p_b or 0) == pytest.approx(float(p or 0),
                                                                                   abs=0.011)
+  # A folder: its images, in sub-folders too, in order; the other file is said to be left out.
+  code, folder = _predict(tmp_path, '--top_k=3', f'--labels={tmp_path / "labels.txt"}',
+                          str(tmp_path / 'images'))
+  assert code == 0 and listed(folder) == listed(out), folder
+  assert '1 file(s) without an image extension' in folder
   # Without --labels, the run's own class names: the digits (also from its checkpoints folder).
   code, out = _predict(tmp_path, '--top_k=1', *paths, checkpoint='run/checkpoints')
   assert code == 0, out
@@ -83,7 +89,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize('args, message', [
     (['{run}/../not_an_image.png'], r'Cannot read .*not_an_image.png as an image \(Unknown '
                                     r'image file format\. One of [^{}\[\]]*\): give JPEG'),
-    (['{run}'], r'.*run is not a file: give JPEG'),
+    (['{run}'], r'.*run is a folder without images \(\.jpg, .*\.webp, in sub-folders too\)'),
     # TensorFlow's own words ('WebP Animation must be 4 channel RGBA') suggest a fix that fails.
     (['{run}/../animated.webp'], r'Cannot read .*animated.webp as an image \(an animated WebP, '
                                  r'which TensorFlow cannot decode: save a frame as PNG or JPEG\)'),
@@ -102,7 +108,8 @@ def test_a_missing_image_is_named_before_the_weights_are_read(tmp_path):
   (tmp_path / 'run').mkdir()  # weights that would fail to load: no checkpoint in it
   code, out = _predict(tmp_path, str(tmp_path / 'cat.jpg'))
   assert code == 1 and error_line(out) == (
-      f'error: {tmp_path / "cat.jpg"} does not exist: give JPEG, PNG, GIF, BMP or WebP files.')
+      f'error: {tmp_path / "cat.jpg"} does not exist: give JPEG, PNG, GIF, BMP or WebP files, '
+      'or folders of them.')
 
 
 def test_predict_without_weights_says_which_it_takes(tmp_path):
