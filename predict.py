@@ -43,9 +43,11 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict | None:
   return ml_collections.ConfigDict(checkpoints.run_config(saved)) if saved else None
 
 
-def classify(params, image_files: list[str], checkpoint: str,
-             batch_size: int) -> Iterator[np.ndarray]:
-  """Class probabilities (classes,) of each image in turn, at the weights' training resolution.
+def classify(params, image_files: list[str], checkpoint: str, batch_size: int,
+             skippable=frozenset()) -> Iterator[tuple[str, np.ndarray]]:
+  """(path, class probabilities (classes,)) of each image in turn, at the weights' training
+  resolution. A file in `skippable` (found in a folder) that cannot be decoded is skipped with a
+  warning; another stops the command.
 
   Images from a train.py run are prepared as its evaluation prepared them (resize and central
   crop, or the small-image resize; an input permutation); other weights get the whole image
@@ -67,6 +69,10 @@ def classify(params, image_files: list[str], checkpoint: str,
     try:
       image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
     except tf.errors.InvalidArgumentError as e:
+      if path in skippable:  # a folder's one bad file (macOS's ._ files) does not stop the rest
+        logging.warning('Skipped %s, which cannot be read as an image (%s).', path,
+                        input_pipeline.why_undecodable(e))
+        return None
       raise UserError(f'Cannot read {path} as an image ({input_pipeline.why_undecodable(e)}): '
                       'give JPEG, PNG, GIF, BMP or WebP files.') from e
     return (input_pipeline.eval_image(config, image) if config is not None
@@ -75,15 +81,19 @@ def classify(params, image_files: list[str], checkpoint: str,
   batch_size = min(batch_size, len(image_files))
   probabilities = jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x)))
   for start in range(0, len(image_files), batch_size):
-    images = [prepared(path) for path in image_files[start:start + batch_size]]
-    padded = images + images[:1] * (batch_size - len(images))  # one shape, one compilation
-    yield from np.asarray(probabilities({'params': params}, np.stack(padded)))[:len(images)]
+    batch = [(path, prepared(path)) for path in image_files[start:start + batch_size]]
+    batch = [(path, image) for path, image in batch if image is not None]
+    if batch:
+      images = [image for _, image in batch]
+      padded = images + images[:1] * (batch_size - len(images))  # one shape, one compilation
+      found = np.asarray(probabilities({'params': params}, np.stack(padded)))
+      yield from zip([path for path, _ in batch], found)  # the padding's left out
 
 
-def image_files(args: list[str]) -> list[str]:
+def image_files(args: list[str]) -> tuple[list[str], set[str]]:
   """The files named, each folder replaced by the image files under it, in sub-folders too
-  (sorted: a shell's glob does not reach into gs:// folders)."""
-  files = []
+  (sorted: a shell's glob does not reach into gs:// folders); and the files found in folders."""
+  files, in_folders = [], set()
   for path in args:
     found = paths.resolve(path)
     if found.is_dir():
@@ -98,12 +108,13 @@ def image_files(args: list[str]) -> list[str]:
         logging.warning('%s: %d file(s) without an image extension (%s) are not classified.',
                         path, len(under) - len(images), ', '.join(extensions))
       files += images
+      in_folders.update(images)
     elif found.is_file():
       files.append(path)
     else:
       raise UserError(f'{path} {"is not a file" if found.exists() else "does not exist"}: give '
                       'JPEG, PNG, GIF, BMP or WebP files, or folders of them.')
-  return files
+  return files, in_folders
 
 
 def read_labels(path, num_classes: int, what: str | None = None) -> list[str]:
@@ -131,7 +142,7 @@ def main(argv):
                     'with one class name per line, or leave the flag out for the run\'s own.')
   if not argv[1:]:
     raise UserError('Give one or more image files, or folders of them, after the flags.')
-  files = image_files(argv[1:])  # before the weights, which can take minutes to load
+  files, in_folders = image_files(argv[1:])  # before the weights, which take minutes to load
   logging.set_verbosity(logging.WARNING)  # the output is the classes, not orbax's progress
   params = checkpoints.load_params(_CHECKPOINT.value, '--checkpoint')
   num_classes = checkpoints.model_kwargs(params)['num_classes']
@@ -143,7 +154,7 @@ def main(argv):
   else:  # a train.py run's class names (its data set's), where it wrote them
     saved = checkpoints.run_file(_CHECKPOINT.value, 'labels.txt')
     labels = read_labels(saved, num_classes, str(saved)) if saved else None
-  for path, p in zip(files, classify(params, files, _CHECKPOINT.value, _BATCH_SIZE.value)):
+  for path, p in classify(params, files, _CHECKPOINT.value, _BATCH_SIZE.value, in_folders):
     print(path, flush=True)
     for k in np.argsort(-p)[:_TOP_K.value]:
       print(f'  {p[k]:7.2%}  {labels[k] if labels else f"class {k}"}')

@@ -22,6 +22,7 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
     tf.io.write_file(str(path), tf.io.encode_png(test.images[i]))
     paths.append(str(path))
   (tmp_path / 'images' / 'notes.txt').write_text('not an image')
+  (tmp_path / 'images' / '._digit0.png').write_bytes(b'\0\5\26\7')  # macOS's AppleDouble file
   # As Windows' Notepad saves it: a byte-order mark first, which is not part of the first name.
   (tmp_path / 'labels.txt').write_text('\ufeff' + '\n'.join(f'digit {k}' for k in range(10)),
                                        encoding='utf-8')
@@ -36,20 +37,30 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   # In batches of 4 (the second padded), each image's classes are those of one batch of 6.
   code, batched = _predict(tmp_path, '--top_k=3', f'--labels={tmp_path / "labels.txt"}',
                            '--batch_size=4', *paths)
-  listed = lambda text: re.findall(r'(\S+\.png)|([0-9.]+)%\s+(digit \d)', text)
-  assert code == 0 and len(listed(batched)) == len(listed(out)) == 6 * 4, batched
-  for (path_b, p_b, name_b), (path, p, name) in zip(listed(batched), listed(out)):
-    assert (path_b, name_b) == (path, name) and float(p_b or 0) == pytest.approx(float(p or 0),
-                                                                                  abs=0.011)
-  # A folder: its images, in sub-folders too, in order; the other file is said to be left out.
+  assert code == 0, batched
+  assert_same_classes(batched, out)
+  # A folder: its images, in sub-folders too, in order. The file without an image extension is
+  # said to be left out, and the one that is not an image skipped, with the others classified.
   code, folder = _predict(tmp_path, '--top_k=3', f'--labels={tmp_path / "labels.txt"}',
-                          str(tmp_path / 'images'))
-  assert code == 0 and listed(folder) == listed(out), folder
+                          '--batch_size=4', str(tmp_path / 'images'))
+  assert code == 0, folder
+  assert_same_classes(folder, out)
   assert '1 file(s) without an image extension' in folder
+  assert re.search(r'Skipped \S+/images/\._digit0\.png, which cannot be read as an image', folder)
   # Without --labels, the run's own class names: the digits (also from its checkpoints folder).
   code, out = _predict(tmp_path, '--top_k=1', *paths, checkpoint='run/checkpoints')
   assert code == 0, out
   assert re.findall(r'%\s+(\S+)\n', out) == [f'{k}' for k in top], out
+
+
+def assert_same_classes(out, expected):
+  """The same files in order, each with the same top classes and probabilities (to 0.01%:
+  batches of other sizes compute them in another order)."""
+  listed = lambda text: re.findall(r'^(\S+\.png)$|([0-9.]+)%\s+(digit \d)', text, re.M)
+  assert len(listed(out)) == len(listed(expected)) == 6 * 4, out
+  for (path, p, name), (path_e, p_e, name_e) in zip(listed(out), listed(expected)):
+    assert (path, name) == (path_e, name_e), out
+    assert float(p or 0) == pytest.approx(float(p_e or 0), abs=0.011), out
 
 
 def test_predict_prepares_images_as_the_run_evaluated_them(tmp_path):
