@@ -504,6 +504,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
           summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
           summary['learning_rate'] = window[-1]['learning_rate']  # the step's, not the mean
           summary['steps_per_sec'] = len(window) / (time.perf_counter() - window_start)
+          # The paper's and the benchmark's unit (images/s/core on TPU), over every process.
+          summary['images_per_sec_per_device'] = (summary['steps_per_sec'] * config.batch_size
+                                                  / jax.device_count())
           log.write(step, 'train', summary)
           progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
           window, window_start = [], time.perf_counter()

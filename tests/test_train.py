@@ -59,6 +59,9 @@ def test_eight_devices_train_like_one(tmp_path):
   code, out = run_train_py(tmp_path / 'eight', *[f'--config.{k}={v}' for k, v in overrides.items()],
                            *SMALL_MODEL_FLAGS, devices=8)
   assert code == 0, out
+  [record] = [json.loads(line) for line in open(tmp_path / 'eight' / 'metrics.jsonl')
+              if '"train"' in line]  # the global batch of 128 over 8 devices
+  assert record['images_per_sec_per_device'] == pytest.approx(record['steps_per_sec'] * 128 / 8)
   trainer.train_and_evaluate(small_config(**overrides), str(tmp_path / 'one'))
   eight, one = restore_params(tmp_path / 'eight', 10), restore_params(tmp_path / 'one', 10)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eight, one)
