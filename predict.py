@@ -154,10 +154,15 @@ def main(argv):
   else:  # a train.py run's class names (its data set's), where it wrote them
     saved = checkpoints.run_file(_CHECKPOINT.value, 'labels.txt')
     labels = read_labels(saved, num_classes, str(saved)) if saved else None
+  classified = 0
   for path, p in classify(params, files, _CHECKPOINT.value, _BATCH_SIZE.value, in_folders):
     print(path, flush=True)
     for k in np.argsort(-p)[:_TOP_K.value]:
       print(f'  {p[k]:7.2%}  {labels[k] if labels else f"class {k}"}')
+    classified += 1
+  if not classified:  # every one a folder's, and skipped: not a success
+    raise UserError(f'None of the {len(files)} image file(s) could be decoded (the warnings name '
+                    'each): give JPEG, PNG, GIF, BMP or WebP files.')
 
 
 if __name__ == '__main__':

@@ -92,6 +92,8 @@ def trained(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('predict')
   trainer.train_and_evaluate(small_config(total_steps=5), str(tmp_path / 'run'))
   (tmp_path / 'not_an_image.png').write_bytes(b'hello')
+  (tmp_path / 'unreadable').mkdir()
+  (tmp_path / 'unreadable' / 'photo.jpg').write_bytes(b'hello')
   save_animated_webp(tmp_path / 'animated.webp')
   (tmp_path / 'labels.txt').write_text('zero\none\n')
   return tmp_path
@@ -100,6 +102,8 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize('args, message', [
     (['{run}/../not_an_image.png'], r'Cannot read .*not_an_image.png as an image \(Unknown '
                                     r'image file format\. One of [^{}\[\]]*\): give JPEG'),
+    # A folder's undecodable files are skipped, and with none left nothing is classified.
+    (['{run}/../unreadable'], r'None of the 1 image file\(s\) could be decoded \(the warnings '),
     (['{run}'], r'.*run is a folder without images \(\.jpg, .*\.webp, in sub-folders too\)'),
     # TensorFlow's own words ('WebP Animation must be 4 channel RGBA') suggest a fix that fails.
     (['{run}/../animated.webp'], r'Cannot read .*animated.webp as an image \(an animated WebP, '
