@@ -98,15 +98,15 @@ def image_files(args: list[str]) -> tuple[list[str], set[str]]:
     found = paths.resolve(path)
     if found.is_dir():
       from mixer_jax import input_pipeline  # TensorFlow, which lists gs:// folders
-      under = input_pipeline.files_under(path if paths.is_url(path) else os.path.expanduser(path))
-      extensions = input_pipeline.IMAGE_EXTENSIONS
-      images = sorted(f for f in under if f.lower().endswith(extensions))
+      images, others = input_pipeline.image_files_under(
+          path if paths.is_url(path) else os.path.expanduser(path))
+      extensions = ', '.join(input_pipeline.IMAGE_EXTENSIONS)
       if not images:
-        raise UserError(f'{path} is a folder without images ({", ".join(extensions)}, in '
-                        'sub-folders too): give image files or a folder that holds them.')
-      if len(images) < len(under):
+        raise UserError(f'{path} is a folder without images ({extensions}, in sub-folders too): '
+                        'give image files or a folder that holds them.')
+      if others:
         logging.warning('%s: %d file(s) without an image extension (%s) are not classified.',
-                        path, len(under) - len(images), ', '.join(extensions))
+                        path, len(others), extensions)
       files += images
       in_folders.update(images)
     elif found.is_file():

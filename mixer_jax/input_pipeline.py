@@ -88,7 +88,7 @@ def _decoding_problem(path: str) -> str | None:
     return why_undecodable(e)
 
 
-def files_under(folder: str) -> list[str]:
+def _files_under(folder: str) -> list[str]:
   """Every file below `folder`, in sub-folders too, as torchvision's ImageFolder reads them."""
   if not paths.is_url(folder):
     found, seen, top = [], set(), os.path.realpath(folder)
@@ -104,8 +104,15 @@ def files_under(folder: str) -> list[str]:
   found = []
   for name in tf.io.gfile.listdir(folder):
     path = f'{folder.rstrip("/")}/{name}'
-    found += files_under(path) if name.endswith('/') else [path]
+    found += _files_under(path) if name.endswith('/') else [path]
   return found
+
+
+def image_files_under(folder: str) -> tuple[list[str], list[str]]:
+  """The files below `folder` with an image extension, and the others; each sorted."""
+  files = sorted(_files_under(folder))
+  is_image = lambda f: f.lower().endswith(IMAGE_EXTENSIONS)
+  return [f for f in files if is_image(f)], [f for f in files if not is_image(f)]
 
 
 def _progress(items, what: str, unit: str, shown: bool):
@@ -152,9 +159,8 @@ def load_image_folder(root: str, split: str, verify: bool = True) -> Split:
       raise UserError(f'Class folder {name!r} of {os.path.join(root, split)} is missing from '
                       f'the training split ({", ".join(classes)}): add it there or remove it.')
     folder = os.path.join(root, split, name)
-    files = sorted(files_under(folder))
-    ignored += [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
-    files = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    files, others = image_files_under(folder)
+    ignored += others
     if not files:
       raise UserError(f'Class folder {folder} holds no images ({", ".join(IMAGE_EXTENSIONS)}): '
                       'add images or remove the folder.')
