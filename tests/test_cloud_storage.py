@@ -107,12 +107,14 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
     assert steps == {20, 30}  # keep_checkpoints=2: orbax deleted step 10 on gs://
     download(env, 'run/', tmp_path / 'gs')
 
+    def tool(script, *args):  # one of the project's commands, on the emulator
+      return subprocess.run([sys.executable, script, *args], env=process_env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+
     # The curves of a run on a pod are read where it wrote them.
     def curves(*runs):
-      command = [sys.executable, 'studies/curves.py', *[f'gs://{BUCKET}/{r}' for r in runs],
-                 f'--out={tmp_path / "curves"}']
-      return subprocess.run(command, env=process_env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+      return tool('studies/curves.py', *[f'gs://{BUCKET}/{r}' for r in runs],
+                  f'--out={tmp_path / "curves"}')
     typo = curves('run', 'typo')
     assert typo.returncode == 1 and typo.stderr.strip().splitlines()[-1] == (
         f'error: gs://{BUCKET}/typo does not exist: give the workdirs of train.py runs.')
@@ -122,9 +124,7 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
     # predict.py on a gs:// folder, which no shell glob reaches into, with the run's weights and
     # class names there too: what it prints of the local copies.
     def predict(checkpoint, folder):
-      command = [sys.executable, 'predict.py', f'--checkpoint={checkpoint}', '--top_k=2', folder]
-      done = subprocess.run(command, env=process_env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+      done = tool('predict.py', f'--checkpoint={checkpoint}', '--top_k=2', folder)
       assert done.returncode == 0, done.stderr[-3000:]
       return done.stdout.replace(folder, '<folder>')
     on_gs = predict(f'gs://{BUCKET}/run', f'gs://{BUCKET}/data/test')
