@@ -243,6 +243,46 @@ def differences(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
           if a.get(k) != b.get(k)]
 
 
+def broadcast_text(text: str, is_source: bool) -> str:
+  """The `text` of the one process where `is_source`, on every process (a collective)."""
+  data = np.frombuffer(text.encode(), np.uint8)
+  length = int(multihost_utils.broadcast_one_to_all(np.int32(data.size), is_source))
+  data = multihost_utils.broadcast_one_to_all(
+      data if is_source else np.zeros(length, np.uint8), is_source)
+  return np.asarray(data, np.uint8).tobytes().decode()
+
+
+def stop_every_process_if_one_failed(error: Exception | None):
+  """Raises `error` where there is one, and on the other processes a UserError with the first
+  failed process's message (a collective): every process stops within seconds, and each log
+  says why. Without it, the others waited at their next collective for 5 minutes, then aborted
+  with a stack dump that named nothing."""
+  if jax.process_count() > 1:
+    failed = np.flatnonzero(multihost_utils.process_allgather(np.int32(error is not None)))
+    if failed.size:
+      said = '' if error is None else errors.gist(error) if isinstance(error, UserError) else (
+          f'{type(error).__name__}: {errors.gist(error)} (its log has the traceback).')
+      said = broadcast_text(said, jax.process_index() == failed[0])
+      error = error or UserError(
+          f'Process {failed[0]}{f" (and {failed.size - 1} other(s))" if failed.size > 1 else ""}'
+          f' could not start: {said} Stopping every process: fix that, then start them all'
+          ' again.')
+  if error:
+    raise error
+
+
+@contextlib.contextmanager
+def stopping_every_process_on_error():
+  """stop_every_process_if_one_failed at the end of a block that makes no collective, for what
+  each host reads on its own (init_from weights, the data set), which one host may lack."""
+  error = None
+  try:
+    yield
+  except Exception as e:  # a bug on one host stops them all too
+    error = e
+  stop_every_process_if_one_failed(error)
+
+
 def check_processes_agree(config, workdir: epath.Path):
   """Every process was given the same settings and workdir, or each stops naming what differs.
 
@@ -252,11 +292,7 @@ def check_processes_agree(config, workdir: epath.Path):
   if jax.process_count() == 1:
     return
   mine = {**flat_settings(config), 'workdir': str(workdir)}
-  text = np.frombuffer(json.dumps(mine, sort_keys=True).encode(), np.uint8)
-  length = int(multihost_utils.broadcast_one_to_all(np.int32(text.size)))
-  first = multihost_utils.broadcast_one_to_all(
-      text if jax.process_index() == 0 else np.zeros(length, np.uint8))
-  first = json.loads(np.asarray(first, np.uint8).tobytes())
+  first = json.loads(broadcast_text(json.dumps(mine, sort_keys=True), jax.process_index() == 0))
   differ = [f'{k} is {a!r} in process 0, {b!r} here' for k, a, b in differences(first, mine)]
   others = np.flatnonzero(multihost_utils.process_allgather(np.int32(bool(differ))))
   fix = 'give every process the same --config, --config.<field> overrides and --workdir.'
@@ -314,11 +350,7 @@ def claim_workdir(workdir: epath.Path):
         except paths.storage_errors() as e:
           error = UserError(f'The workdir {workdir} cannot be created or written ('
                             f'{errors.gist(e)}): give a --workdir this user can write.')
-      if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(error is not None):
-        error = error or UserError(f'Process 0 could not start the run in {workdir}: see its '
-                                   'error.')
-      if error:
-        raise error
+      stop_every_process_if_one_failed(error)
       if jax.process_count() > 1:
         _check_workdir_shared(workdir, np.asarray(multihost_utils.broadcast_one_to_all(token)))
       yield
@@ -398,22 +430,24 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
   if resuming and not config.init_from:  # config.json keeps the weights the run started from
     config = config.copy_and_resolve_references()
     config.init_from = (started_with or {}).get('init_from', '')
-  if config.init_from is None and not resuming:  # None, not '': a recipe that fine-tunes
-    raise UserError('This recipe fine-tunes pre-trained weights, and init_from is not set: give '
-                    f'--config.init_from=WEIGHTS ({ckpt.WEIGHT_KINDS}), or '
-                    "--config.init_from='' to train from random weights.")
-  init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
-  warn_of_another_gelu(config, init_params)
-  factor = ckpt.resolution_factor(init_params, config.image_size, validation.model_sizes(
-      config)['patch_size']) if init_params else 1  # before the data: a mistake found at once
-  data = data_source(config)
-  if data is synthetic:
-    class_names, num_classes = None, synthetic.num_classes(config)
-  else:  # read once: a tensorflow-datasets name opens the data set, maybe on gs://
-    class_names = data.class_names(config)
-    num_classes = len(class_names)
-    data.check_eval_split(config)  # a missing or inconsistent one, now rather than later
-  model = build(config, num_classes)
+  # Each host reads these on its own: one that lacks them stops every process, naming them.
+  with stopping_every_process_on_error():
+    if config.init_from is None and not resuming:  # None, not '': a recipe that fine-tunes
+      raise UserError('This recipe fine-tunes pre-trained weights, and init_from is not set: give '
+                      f'--config.init_from=WEIGHTS ({ckpt.WEIGHT_KINDS}), or '
+                      "--config.init_from='' to train from random weights.")
+    init_params = ckpt.load_params(config.init_from) if config.init_from and not resuming else None
+    warn_of_another_gelu(config, init_params)
+    factor = ckpt.resolution_factor(init_params, config.image_size, validation.model_sizes(
+        config)['patch_size']) if init_params else 1  # before the data: a mistake found at once
+    data = data_source(config)
+    if data is synthetic:
+      class_names, num_classes = None, synthetic.num_classes(config)
+    else:  # read once: a tensorflow-datasets name opens the data set, maybe on gs://
+      class_names = data.class_names(config)
+      num_classes = len(class_names)
+      data.check_eval_split(config)  # a missing or inconsistent one, now rather than later
+    model = build(config, num_classes)
   if resumed_width:  # None where the checkpoint holds another model (a study's baseline)
     factor = ckpt.expansion(resumed_width, model.tokens_mlp_dim)
     if factor > 1:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mixer_jax import lock, trainer
+from test_input_pipeline import make_image_folder
 from training import (ROOT, SMALL_MODEL_FLAGS, error_line, restore_params, run_train_py,
                       small_config)
 
@@ -101,6 +102,38 @@ def test_a_workdir_only_process_0_can_see_stops_every_process(tmp_path):
         '(its lock.json): with several hosts the workdir must be storage every host reaches, a '
         "network file system or a gs:// bucket, not a folder on each host's disk.")
   assert not list(tmp_path.iterdir())  # the run's new workdir and its lock are gone
+
+
+def test_data_one_host_lacks_stops_every_process_naming_it(tmp_path):
+  """`~/data` in each host's home, as after copying it to the first host only. Before: the one
+  process said so, and both waited 5 minutes (past this timeout), then aborted with stack dumps."""
+  make_image_folder(tmp_path / 'home0' / 'data')
+  (tmp_path / 'home1').mkdir()
+  flags = [f'--workdir={tmp_path / "run"}', *FLAGS, '--config.dataset=folder',
+           '--config.data_dir=~/data', '--config.image_size=16', '--config.batch_size=4',
+           '--config.eval_batch_size=4']
+  codes, outputs, _ = run_processes(flags, flags, timeout=120, prefixes={
+      i: ['env', f'HOME={tmp_path / f"home{i}"}'] for i in (0, 1)})
+  assert codes == [1, 1], outputs
+  missing = (f'Image folder {tmp_path / "home1" / "data"} does not exist. Expected '
+             '<data_dir>/train/<class>/*.jpg|png|... and <data_dir>/test/<class>/...; set '
+             '--config.data_dir to that folder.')
+  assert error_line(outputs[1]) == f'error: {missing}'
+  assert error_line(outputs[0]) == (f'error: Process 1 could not start: {missing} Stopping every '
+                                    'process: fix that, then start them all again.')
+  assert not (tmp_path / 'run').exists()  # nothing was written in it
+
+
+def test_a_workdir_process_0_cannot_use_is_named_by_every_process(tmp_path):
+  (tmp_path / 'run').write_text('')
+  flags = [f'--workdir={tmp_path / "run"}', *FLAGS]
+  codes, outputs, _ = run_processes(flags, flags, timeout=120)
+  assert codes == [1, 1], outputs
+  is_a_file = (f'The workdir {tmp_path / "run"} is a file, not a folder: give a --workdir that is '
+               'a folder, or a new name.')
+  assert error_line(outputs[0]) == f'error: {is_a_file}'
+  assert error_line(outputs[1]) == (f'error: Process 0 could not start: {is_a_file} Stopping '
+                                    'every process: fix that, then start them all again.')
 
 
 def test_a_process_whose_peers_never_connect_stops_with_one_line(tmp_path):
