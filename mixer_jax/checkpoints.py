@@ -153,9 +153,11 @@ def reader(folder: epath.Path):
   """A read-only CheckpointManager of `folder` (which may not exist), without orbax's notes."""
   # orbax warns that a read-only manager is read-only: what was asked for, not news.
   quiet = _filtered_log(lambda record: 'read only' not in record.getMessage().replace('_', ' '))
-  with quiet, ocp.CheckpointManager(
-      folder, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
+  # Without save_root_metadata, which a reader never writes, orbax's __init__ makes no barrier
+  # across processes: one process alone may read (to name the step a failed write resumes from).
+  with quiet, ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_root_metadata=False),
+                                    item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
     yield checkpoints
 
 

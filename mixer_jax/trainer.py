@@ -265,16 +265,16 @@ def stop_every_process_if_one_failed(error: Exception | None):
       said = broadcast_text(said, jax.process_index() == failed[0])
       error = error or UserError(
           f'Process {failed[0]}{f" (and {failed.size - 1} other(s))" if failed.size > 1 else ""}'
-          f' could not start: {said} Stopping every process: fix that, then start them all'
-          ' again.')
+          f' stopped: {said} Stopping every process: fix that, then start them all again.')
   if error:
     raise error
 
 
 @contextlib.contextmanager
 def stopping_every_process_on_error():
-  """stop_every_process_if_one_failed at the end of a block that makes no collective, for what
-  each host reads on its own (init_from weights, the data set), which one host may lack."""
+  """stop_every_process_if_one_failed at the end of a block that makes no collective: for what
+  each host reads on its own (init_from weights, the data set), which one host may lack, and
+  what one process writes (metrics, a checkpoint's files)."""
   error = None
   try:
     yield
@@ -496,20 +496,20 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
     logging.info('Initialised from %s.', config.init_from)
   else:  # said, since a fine-tuning recipe run without init_from trains from random weights
     logging.info('Initialised at random (seed %d): no init_from.', config.seed)
-  if jax.process_index() == 0 and trains:
-    with ckpt.writes_explained('config.json', workdir, workdir / 'checkpoints'):
-      tmp = workdir / 'config.json.tmp'  # then renamed: a kill while writing leaves no half
-      tmp.write_text(config.to_json_best_effort(indent=2))
-      tmp.replace(workdir / 'config.json')
-      if class_names is not None:  # predict.py prints these names (folder names: any script)
-        (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in class_names),
-                                            encoding='utf-8')
-
   train_step = steps.make_train_step(model, learning_rate_fn, mesh, num_classes, config.mixup,
                                      config.grad_accum_steps)
   eval_step = steps.make_eval_step(mesh)
-  log = MetricsLog(workdir, start_step)
-  train_iter = data.train_batches(config, start_step, mesh)
+  with stopping_every_process_on_error():  # process 0 writes, each host opens its input
+    if jax.process_index() == 0 and trains:
+      with ckpt.writes_explained('config.json', workdir, workdir / 'checkpoints'):
+        tmp = workdir / 'config.json.tmp'  # then renamed: a kill while writing leaves no half
+        tmp.write_text(config.to_json_best_effort(indent=2))
+        tmp.replace(workdir / 'config.json')
+        if class_names is not None:  # predict.py prints these names (folder names: any script)
+          (workdir / 'labels.txt').write_text(''.join(f'{n}\n' for n in class_names),
+                                              encoding='utf-8')
+    log = MetricsLog(workdir, start_step)
+    train_iter = data.train_batches(config, start_step, mesh)
   # Several CPU devices on few cores can deadlock in all-reduce with more than one step in
   # flight; accelerators keep asynchronous dispatch and sync only to log and save.
   one_step_in_flight = jax.default_backend() == 'cpu'
@@ -541,13 +541,16 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
           # The paper's and the benchmark's unit (images/s/core on TPU), over every process.
           summary['images_per_sec_per_device'] = (summary['steps_per_sec'] * config.batch_size
                                                   / jax.device_count())
-          log.write(step, 'train', summary)
+          with stopping_every_process_on_error():  # a write that failed on one process
+            log.write(step, 'train', summary)
+            checkpoints.check_for_errors()
           progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
           window, window_start = [], time.perf_counter()
-          checkpoints.check_for_errors()
         paused = time.perf_counter()  # steps_per_sec leaves evaluating and saving out
         if eval_now:
-          log.write(step, config.eval_split, evaluate(eval_step, state, config, mesh))
+          results = evaluate(eval_step, state, config, mesh)
+          with stopping_every_process_on_error():
+            log.write(step, config.eval_split, results)
         if save_now:
           checkpoints.save(step, args=ocp.args.StandardSave(state))
         window_start += time.perf_counter() - paused

@@ -1,6 +1,7 @@
 """Two processes (jax.distributed on 127.0.0.1, 2 CPU devices each) train like one process."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_data_one_host_lacks_stops_every_process_naming_it(tmp_path):
              '<data_dir>/train/<class>/*.jpg|png|... and <data_dir>/test/<class>/...; set '
              '--config.data_dir to that folder.')
   assert error_line(outputs[1]) == f'error: {missing}'
-  assert error_line(outputs[0]) == (f'error: Process 1 could not start: {missing} Stopping every '
+  assert error_line(outputs[0]) == (f'error: Process 1 stopped: {missing} Stopping every '
                                     'process: fix that, then start them all again.')
   assert not (tmp_path / 'run').exists()  # nothing was written in it
 
@@ -132,8 +133,24 @@ def test_a_workdir_process_0_cannot_use_is_named_by_every_process(tmp_path):
   is_a_file = (f'The workdir {tmp_path / "run"} is a file, not a folder: give a --workdir that is '
                'a folder, or a new name.')
   assert error_line(outputs[0]) == f'error: {is_a_file}'
-  assert error_line(outputs[1]) == (f'error: Process 0 could not start: {is_a_file} Stopping '
+  assert error_line(outputs[1]) == (f'error: Process 0 stopped: {is_a_file} Stopping '
                                     'every process: fix that, then start them all again.')
+
+
+def test_a_write_that_fails_on_process_0_mid_run_stops_every_process(tmp_path):
+  """Process 0 alone writes the metrics. Before: it stopped with its error, and process 1 waited
+  at the next step's collective for 5 minutes (past this timeout), then both aborted."""
+  settings = {**OVERRIDES, 'total_steps': 40, 'log_every': 1, 'checkpoint_every': 1000}
+  flags = [f'--workdir={tmp_path / "run"}', *[f'--config.{k}={v}' for k, v in settings.items()],
+           *SMALL_MODEL_FLAGS]
+  small_files = ['bash', '-c', 'trap "" XFSZ; ulimit -f 2; exec "$@"', 'bash']  # ~13 records
+  codes, outputs, _ = run_processes(flags, flags, prefixes={0: small_files}, timeout=120)
+  assert codes == [1, 1], outputs
+  failed = error_line(outputs[0])
+  assert re.fullmatch(rf'error: Writing the metrics to {tmp_path / "run"} failed \(.*File too '
+                      r'large\), so the run stopped\. .*', failed), outputs[0]
+  assert error_line(outputs[1]) == (f'error: Process 0 stopped: {failed[len("error: "):]} '
+                                    'Stopping every process: fix that, then start them all again.')
 
 
 def test_a_process_whose_peers_never_connect_stops_with_one_line(tmp_path):
