@@ -155,10 +155,11 @@ def reader(folder: epath.Path):
   quiet = _filtered_log(lambda record: 'read only' not in record.getMessage().replace('_', ' '))
   # Without save_root_metadata, which a reader never writes, orbax's __init__ makes no barrier
   # across processes: one process alone may read (to name the step a failed write resumes from).
-  with quiet, ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False, save_root_metadata=False),
-                                    item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
-    yield checkpoints
+  with quiet:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_root_metadata=False)
+    with ocp.CheckpointManager(folder, options=options,
+                               item_handlers=ocp.PyTreeCheckpointHandler()) as checkpoints:
+      yield checkpoints
 
 
 def _unreadable(checkpoints: ocp.CheckpointManager, step: int, error: Exception) -> UserError:

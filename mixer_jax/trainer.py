@@ -274,7 +274,7 @@ def stop_every_process_if_one_failed(error: Exception | None):
 def stopping_every_process_on_error():
   """stop_every_process_if_one_failed at the end of a block that makes no collective: for what
   each host reads on its own (init_from weights, the data set), which one host may lack, and
-  what one process writes (metrics, a checkpoint's files)."""
+  what process 0 alone writes (config.json, the metrics)."""
   error = None
   try:
     yield
