@@ -89,20 +89,23 @@ def _decoding_problem(path: str) -> str | None:
 
 
 def _files_under(folder: str) -> list[str]:
-  """Every file below `folder`, in sub-folders too, as torchvision's ImageFolder reads them."""
+  """Every file below `folder`, in sub-folders too, as torchvision's ImageFolder reads them, but
+  not hidden ones: a viewer's `.thumbnails/` would be the images again, macOS's `._` files and
+  `.DS_Store` are no images."""
+  shown = lambda names: [name for name in names if not name.startswith('.')]
   if not paths.is_url(folder):
     found, seen, top = [], set(), os.path.realpath(folder)
     for parent, dirs, names in os.walk(folder, followlinks=True):
-      found += [os.path.join(parent, name) for name in names]
+      found += [os.path.join(parent, name) for name in shown(names)]
       seen.add(os.path.realpath(parent))
       # A link back up (to the class folder or above it) would list images again, or another
       # class's images as this class's.
-      dirs[:] = [d for d in dirs if (real := os.path.realpath(os.path.join(parent, d))) not in seen
-                 and os.path.commonpath([real, top]) != real]
+      dirs[:] = [d for d in shown(dirs) if (real := os.path.realpath(os.path.join(parent, d)))
+                 not in seen and os.path.commonpath([real, top]) != real]
     return found
   # In cloud storage sub-folders are listed with a trailing '/': no request per file to ask.
   found = []
-  for name in tf.io.gfile.listdir(folder):
+  for name in shown(tf.io.gfile.listdir(folder)):
     path = f'{folder.rstrip("/")}/{name}'
     found += _files_under(path) if name.endswith('/') else [path]
   return found

@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,8 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
   data = make_image_folder(tmp_path / 'data')
   (data / 'train' / 'cat' / 'more').mkdir()  # a sub-folder's images belong to the class
   (data / 'train' / 'cat' / '0.jpg').rename(data / 'train' / 'cat' / 'more' / '0.jpg')
+  (data / 'test' / 'dog' / '.thumbnails').mkdir()  # hidden: not the class's images again
+  shutil.copy(data / 'test' / 'dog' / '0.jpg', data / 'test' / 'dog' / '.thumbnails')
   config = folder_config(data)
   for field, value in OVERRIDES.items():
     *parent, name = field.split('.')
@@ -129,7 +132,8 @@ def test_train_py_on_gs_trains_is_killed_and_resumes_to_the_same_parameters(tmp_
       return done.stdout.replace(folder, '<folder>')
     on_gs = predict(f'gs://{BUCKET}/run', f'gs://{BUCKET}/data/test')
     assert on_gs == predict(str(tmp_path / 'gs' / 'run'), str(data / 'test'))
-    images = sorted(p.relative_to(data / 'test') for p in (data / 'test').rglob('*.*'))
+    images = sorted(p.relative_to(data / 'test') for p in (data / 'test').rglob('*.*')
+                    if '.thumbnails' not in p.parts)
     assert re.findall(r'<folder>/(\S+)', on_gs) == [str(p) for p in images]
     assert set(re.findall(r'%\s+(\S+)', on_gs)) <= {'cat', 'dog', 'fox'}, on_gs
 

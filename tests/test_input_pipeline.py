@@ -147,6 +147,11 @@ def test_image_folder_reads_sub_folders_and_logs_the_files_it_skips(tmp_path, ca
   (root / 'train' / 'fox' / 'notes.txt').write_text('not an image')
   (root / 'train' / 'fox' / 'up').symlink_to('..')  # a loop: the other classes' images again
   (root / 'train' / '.ipynb_checkpoints').mkdir()  # hidden: not a class
+  # Hidden files and folders are not the class's images: a viewer's thumbnails, macOS's ._ copies.
+  (root / 'train' / 'cat' / '.thumbnails').mkdir()
+  shutil.copy(root / 'train' / 'cat' / '0.jpg', root / 'train' / 'cat' / '.thumbnails')
+  (root / 'train' / 'dog' / '._1.png').write_bytes(b'\x00\x05\x16\x07 AppleDouble')
+  (root / 'train' / 'dog' / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1')
   # Any format decode_image reads counts (PIL comes with matplotlib).
   PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / 'train' / 'cat' / 'extra.gif')
   save_animated_webp(root / 'train' / 'dog' / 'animated.webp')

@@ -22,7 +22,8 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
     tf.io.write_file(str(path), tf.io.encode_png(test.images[i]))
     paths.append(str(path))
   (tmp_path / 'images' / 'notes.txt').write_text('not an image')
-  (tmp_path / 'images' / '._digit0.png').write_bytes(b'\0\5\26\7')  # macOS's AppleDouble file
+  (tmp_path / 'images' / 'cut.png').write_bytes(b'\x89PNG\r\n')  # a download that stopped
+  (tmp_path / 'images' / '._digit0.png').write_bytes(b'\0\5\26\7')  # macOS's, hidden: left out
   # As Windows' Notepad saves it: a byte-order mark first, which is not part of the first name.
   (tmp_path / 'labels.txt').write_text('\ufeff' + '\n'.join(f'digit {k}' for k in range(10)),
                                        encoding='utf-8')
@@ -46,7 +47,8 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   assert code == 0, folder
   assert_same_classes(folder, out)
   assert '1 file(s) without an image extension' in folder
-  assert re.search(r'Skipped \S+/images/\._digit0\.png, which cannot be read as an image', folder)
+  assert re.search(r'Skipped \S+/images/cut\.png, which cannot be read as an image', folder)
+  assert '._digit0' not in folder
   # Without --labels, the run's own class names: the digits (also from its checkpoints folder).
   code, out = _predict(tmp_path, '--top_k=1', *paths, checkpoint='run/checkpoints')
   assert code == 0, out
