@@ -68,8 +68,8 @@ def classify(params, image_files: list[str], checkpoint: str, batch_size: int,
   def prepared(path):
     try:
       image = input_pipeline.decode_image(tf.io.read_file(str(paths.resolve(path))))
-    except tf.errors.InvalidArgumentError as e:
-      if path in skippable:  # a folder's one bad file (macOS's ._ files) does not stop the rest
+    except tf.errors.OpError as e:  # not an image, or gone or unreadable since it was listed
+      if path in skippable:  # a folder's one bad file (a cut-off download) does not stop the rest
         logging.warning('Skipped %s, which cannot be read as an image (%s).', path,
                         input_pipeline.why_undecodable(e))
         return None

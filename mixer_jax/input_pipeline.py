@@ -84,7 +84,7 @@ def _decoding_problem(path: str) -> str | None:
   try:
     decode_image(tf.io.read_file(path))
     return None
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+  except tf.errors.OpError as e:  # not an image; a broken link; no permission to read it
     return why_undecodable(e)
 
 

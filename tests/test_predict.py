@@ -23,6 +23,7 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
     paths.append(str(path))
   (tmp_path / 'images' / 'notes.txt').write_text('not an image')
   (tmp_path / 'images' / 'cut.png').write_bytes(b'\x89PNG\r\n')  # a download that stopped
+  (tmp_path / 'images' / 'moved.png').symlink_to('elsewhere.png')  # a link whose file has gone
   (tmp_path / 'images' / '._digit0.png').write_bytes(b'\0\5\26\7')  # macOS's, hidden: left out
   # As Windows' Notepad saves it: a byte-order mark first, which is not part of the first name.
   (tmp_path / 'labels.txt').write_text('\ufeff' + '\n'.join(f'digit {k}' for k in range(10)),
@@ -41,13 +42,15 @@ def test_predict_prints_top_classes_of_image_files(tmp_path):
   assert code == 0, batched
   assert_same_classes(batched, out)
   # A folder: its images, in sub-folders too, in order. The file without an image extension is
-  # said to be left out, and the one that is not an image skipped, with the others classified.
+  # said to be left out, and those that cannot be read skipped, with the others classified.
   code, folder = _predict(tmp_path, '--top_k=3', f'--labels={tmp_path / "labels.txt"}',
                           '--batch_size=4', str(tmp_path / 'images'))
   assert code == 0, folder
   assert_same_classes(folder, out)
   assert '1 file(s) without an image extension' in folder
   assert re.search(r'Skipped \S+/images/cut\.png, which cannot be read as an image', folder)
+  assert re.search(r'Skipped \S+/images/moved\.png, which cannot be read as an image \(\S+; No '
+                   r'such file or directory\)', folder), folder
   assert '._digit0' not in folder
   # Without --labels, the run's own class names: the digits (also from its checkpoints folder).
   code, out = _predict(tmp_path, '--top_k=1', *paths, checkpoint='run/checkpoints')
