@@ -16,11 +16,10 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # as train.py: TensorFlow's start-up notices
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import pretrain_imagenet  # noqa: E402
-from mixer_jax import errors, input_pipeline, paths  # noqa: E402
+from mixer_jax import errors, paths  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 256, 'Distinct JPEGs to generate.', lower_bound=1)
@@ -34,6 +33,7 @@ _JSON_OUT = flags.DEFINE_string('json_out', None,
 
 def generate_jpegs(n: int) -> list[bytes]:
   """Smooth random images of ImageNet's typical sizes (about 500x375), JPEG-encoded."""
+  import tensorflow as tf  # seconds to import, which a mistyped flag need not wait for
   rng = np.random.default_rng(0)
   jpegs = []
   for _ in range(n):
@@ -45,6 +45,8 @@ def generate_jpegs(n: int) -> list[bytes]:
 
 
 def images_per_sec(config, jpegs: list[bytes], seconds: float) -> float:
+  import tensorflow as tf
+  from mixer_jax import input_pipeline
   labels = np.zeros(len(jpegs), np.int64)
   ds = tf.data.Dataset.from_tensor_slices((jpegs, labels)).repeat().enumerate()
   ds = ds.map(lambda position, example: input_pipeline.train_example(
