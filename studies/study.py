@@ -39,9 +39,9 @@ def parse_flags(argv: Sequence[str], doc: str, define: Callable[[flags.FlagValue
   except flags.Error as e:
     # A validator's own sentence ends before ours.
     message = config_files.flag_error_message(e).strip().rstrip('.')
-    raise UserError(' '.join(f'{message} (--help lists the options).'.split())) from e
+    raise UserError(' '.join(f'{message} (--help lists the flags).'.split())) from e
   if positional and not takes_arguments:
-    raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the options).')
+    raise UserError(f'Unexpected arguments: {" ".join(positional)} (--help lists the flags).')
   for name in ('out', 'workdir'):  # where the outputs go: checked now, rather than after the work
     if name in values:
       check_can_make(values[name].value, name)
@@ -78,7 +78,7 @@ def define_recipe(values: flags.FlagValues, argv: Sequence[str]):
     named = [arg.split('=')[0] for arg in argv
              if arg.startswith('--config.') and arg.split('=')[0].endswith(f'.{field}')]
     raise UserError(f'{", ".join(named) or field}: no such field in the recipe '
-                    '(--help lists the options).') from e
+                    '(--help lists the flags).') from e
 
 
 def recipe(values: flags.FlagValues):

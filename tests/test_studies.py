@@ -281,7 +281,7 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, tiny_mixer_params
       ([f'--weights={tmp_path}/missing.npz'], 'does not exist'),
       ([f'--weights={tmp_path}/bad.npz', '--blocks=first'], '--blocks takes integers of at least 0'),
       ([f'--weights={tmp_path}/bad.npz', '--columns=3'],
-       r'--columns=3: must be even.*use 2 or 4 \(--help lists the options\)\.$'),
+       r'--columns=3: must be even.*use 2 or 4 \(--help lists the flags\)\.$'),
   ]:
     with pytest.raises(UserError, match=message) as error:
       weights.main(['weights.py', *arguments, f'--out={tmp_path}/out'])
