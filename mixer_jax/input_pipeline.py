@@ -387,6 +387,16 @@ def create_eval_dataset(config, split: str, process_index: int,
   return ds.batch(batch // process_count).prefetch(tf.data.AUTOTUNE)
 
 
+def permuted(image_HWC, config):
+  """`config.input_permutation` (kind, patch_size, seed) applied to one image, if set."""
+  spec = config.get('input_permutation')
+  if not spec or spec.kind == 'original':
+    return image_HWC
+  order = permutations.pixel_order(spec.kind, config.image_size, spec.patch_size, spec.seed)
+  flat = tf.reshape(image_HWC, [-1, tf.shape(image_HWC)[-1]])
+  return tf.reshape(tf.gather(flat, order), tf.shape(image_HWC))
+
+
 def train_example(config, position, image_uint8, label):
   """One augmented training example; its random draws depend only on (seed, position).
 
@@ -405,7 +415,7 @@ def train_example(config, position, image_uint8, label):
   else:
     image = train_preprocess(image_uint8, config.image_size, seed, config.randaug_layers,
                              config.randaug_magnitude)
-  return {'image': permutations.permute_tf_image(image, config),
+  return {'image': permuted(image, config),
           'label': tf.cast(label, tf.int32)}
 
 
@@ -415,7 +425,7 @@ def eval_image(config, image_uint8):
     image = to_model_input(image_uint8, config.image_size)
   else:
     image = eval_preprocess(image_uint8, config.image_size)
-  return permutations.permute_tf_image(image, config)
+  return permuted(image, config)
 
 
 def _tfds_train_dataset(config, start_step, process_index, process_count):

@@ -14,7 +14,6 @@ the stem kernel's pixel positions and the token-mixing weights as the data were 
 on the permuted images, exactly the logits of the original model on the originals.
 """
 import numpy as np
-import tensorflow as tf
 
 from mixer_jax.errors import UserError
 
@@ -51,16 +50,6 @@ def permute(images, order):
   """Images (..., H, W, C), NumPy or JAX, with their pixel positions taken in `order`."""
   *lead, h, w, c = images.shape
   return images.reshape(*lead, h * w, c)[..., order, :].reshape(images.shape)
-
-
-def permute_tf_image(image_HWC, config):
-  """`config.input_permutation` (kind, patch_size, seed) applied to one tf image, if set."""
-  spec = config.get('input_permutation')
-  if not spec or spec.kind == 'original':
-    return image_HWC
-  order = pixel_order(spec.kind, config.image_size, spec.patch_size, spec.seed)
-  flat = tf.reshape(image_HWC, [-1, tf.shape(image_HWC)[-1]])
-  return tf.reshape(tf.gather(flat, order), tf.shape(image_HWC))
 
 
 def permute_mixer_params(params, patch_order, pixel_order_in_patch):

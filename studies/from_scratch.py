@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mixer_jax import host, input_pipeline, trainer  # noqa: E402
+from mixer_jax import host, trainer  # noqa: E402
 from mixer_jax.errors import UserError  # noqa: E402
 from studies import resnet, study  # noqa: E402
 
@@ -76,7 +76,7 @@ def model_configs(recipe, values) -> dict[str, tuple[ml_collections.ConfigDict, 
 
 
 def parameter_count(config, build) -> int:
-  model = build(config, input_pipeline.num_classes(config))
+  model = build(config, trainer.data_source(config).num_classes(config))
   images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)['params']
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))

@@ -36,7 +36,7 @@ import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from mixer_jax import checkpoints, host, input_pipeline, permutations, steps, trainer  # noqa: E402
+from mixer_jax import checkpoints, host, permutations, steps, trainer  # noqa: E402
 from studies import curves, resnet, study  # noqa: E402
 
 BUILDERS = {'mixer': trainer.build_model, 'resnet': resnet.build}
@@ -93,6 +93,7 @@ def weight_permutation_check(config, params) -> dict:
   patches, pixels = permutations.patch_pixel_orders(config.image_size, spec.patch_size, spec.seed)
   order = permutations.pixel_order('patch_pixel', config.image_size, spec.patch_size, spec.seed)
   permuted_params = permutations.permute_mixer_params(params, patches, pixels)
+  from mixer_jax import input_pipeline  # TensorFlow: seconds a mistyped flag need not wait for
   model = trainer.build_model(config, input_pipeline.num_classes(config))
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
   logits, absorbed, unabsorbed, labels = [], [], [], []
@@ -137,6 +138,7 @@ def add_relative_drops(rows: list[dict], data: str) -> list[dict]:
 
 def plot_examples(figure, grid, configs: dict[str, ml_collections.ConfigDict]) -> None:
   """One evaluation image per permutation, on the first row of `grid`."""
+  from mixer_jax import input_pipeline
   for i, (kind, config) in enumerate(configs.items()):
     ax = figure.add_subplot(grid[0, i])
     batch = next(input_pipeline.create_eval_dataset(config, config.eval_split, 0, 1)
@@ -180,7 +182,7 @@ def test_only(values, recipe, models, kinds, patch_size) -> tuple:
   rows, check = [], None
   mesh = steps.create_mesh()
   eval_step = steps.make_eval_step(mesh)  # one compilation per model, reused for every test set
-  num_classes = input_pipeline.num_classes(recipe)
+  num_classes = trainer.data_source(recipe).num_classes(recipe)
   for model in models:
     train(values, recipe, model, 'original', patch_size)
     params = checkpoints.load_params(run_dir(values, model, 'original'),

@@ -173,6 +173,26 @@ def test_unknown_study_options_are_one_line_errors(tmp_path, flag, message):
   assert not list(tmp_path.iterdir())  # nothing trained
 
 
+def test_a_mistyped_study_flag_is_answered_before_tensorflow_is_imported():
+  """TensorFlow takes seconds to import: only the tf.data pipeline may need it, not the flags."""
+  script = """
+import sys
+sys.modules['tensorflow'] = None  # `import tensorflow` fails
+from mixer_jax.errors import UserError
+from studies import curves, from_scratch, permutation, scaling, weights
+for study in (curves, from_scratch, permutation, scaling, weights):
+  try:
+    study.main([study.__name__, '--colour=red'])
+  except UserError as e:
+    print(e)
+"""
+  run = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.splitlines() == [
+      "Unknown command line flag 'colour' (--help lists the flags)."] * 5, run.stdout
+
+
 def test_resnet_is_pre_activation_with_standardised_weights():
   model = resnet.ResNet(num_classes=3, stage_sizes=(1, 1), width=8)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
