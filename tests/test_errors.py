@@ -1,5 +1,7 @@
 """How the entry points end on a mistake: one line, the status, nothing else."""
 import gc
+import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -7,6 +9,8 @@ import textwrap
 import pytest
 
 from mixer_jax import errors
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class RaisesWhenCollected:
@@ -110,3 +114,15 @@ def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_pa
 ])
 def test_gist_is_the_first_line_that_says_something_without_library_wrapping(error, expected):
   assert errors.gist(error) == expected
+
+
+def test_a_mistake_in_train_py_is_the_only_line_it_writes(tmp_path):
+  """As a user runs it (JAX chooses the backend): no INFO line that a TPU was looked for first."""
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  run = subprocess.run([sys.executable, 'train.py', '--config.total_steps=-1',
+                        f'--workdir={tmp_path / "run"}'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=env)
+  assert run.returncode == 1
+  assert run.stderr.splitlines() == [
+      'error: total_steps=-1: must be a positive integer (--config.total_steps=N).'], run.stderr
+  assert not (tmp_path / 'run').exists()
