@@ -11,9 +11,10 @@ seeds: on digits' 360 test images one image is 0.28%. --mixers are BLOCKSxWIDTH 
 recipe's patch size and the recipe's ratios D_S/C and D_C/C; --resnets are UNITSxWIDTH
 pre-activation ResNets (studies/resnet.py: UNITS residual units in each of 3 stages, WIDTH
 channels doubling per stage). Runs land in <workdir>/<model>_seed<k>, and a rerun reuses
-finished runs of the same settings; from_scratch.png (accuracy against parameters, mean and standard deviation over
-seeds, each seed a dot) and from_scratch.json (parameters, per-seed accuracies, mean, std) go
-to <workdir>, showing the models of this command (it names those a previous one also showed).
+finished runs of the same settings; from_scratch.png (accuracy against parameters, mean and
+standard deviation over seeds, each seed a dot) and from_scratch.json (parameters, per-seed
+accuracies, mean, std) go to <workdir>, showing the models of this command (it names those a
+previous one also showed).
 """
 import copy
 import json
