@@ -120,7 +120,7 @@ def fields_help(config, path: str) -> str:
 def flag_error_message(error) -> str:
   """absl's error for a flag. Where a recipe's get_config raised (refusing its argument), absl
   quotes the whole traceback: its first line names the flag, its last says why."""
-  message = str(error)
+  message = errors.flag_error(error)
   if 'Traceback' in message:
     message = f'{message.splitlines()[0]} {message.strip().splitlines()[-1]}'
   return message

@@ -158,9 +158,18 @@ def absl_flags(argv):
   return rest
 
 
+def flag_error(error: flags.Error) -> str:
+  """absl's message for a bad flag, less its guesses among absl's logging flags (--log_dir for a
+  mistyped --workdir), which these commands neither use nor list in --help."""
+  message, _, guesses = str(error).partition('. Did you mean: ')
+  logging_flags = {f.name for f in flags.FLAGS.get_flags_for_module('absl.logging')}
+  ours = [g for g in guesses.rstrip(' ?').split(', ') if g and g not in logging_flags]
+  return f'{message}. Did you mean: {", ".join(ours)} ?' if ours else message
+
+
 def parse_flags(argv):
   """absl's flag parsing, with a bad flag reported as one `error:` line."""
   try:
     return absl_flags(argv)
   except flags.Error as e:
-    exit_with(f'error: {e} (--help lists the flags).')
+    exit_with(f'error: {flag_error(e)} (--help lists the flags).')

@@ -153,3 +153,7 @@ def test_help_asked_for_is_a_success_and_a_wrong_flag_a_failure(tmp_path):
   # The hint names the help that lists predict.py's flags (--helpfull adds JAX's hundreds).
   assert code == 1 and error_line(out) == (
       "error: Unknown command line flag 'top'. Did you mean: top_k ? (--help lists the flags)."), out
+  # train.py's --workdir: absl guessed its own --log_dir, which predict.py does not list.
+  code, out = _predict(tmp_path, '--workdir=runs/digits', checkpoint=None)
+  assert code == 1 and error_line(out) == (
+      "error: Unknown command line flag 'workdir' (--help lists the flags)."), out

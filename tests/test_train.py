@@ -194,6 +194,9 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
     (['--config.dataset=imagenet'], r"Unknown dataset 'imagenet': use digits, folder"),
     (['--config.dataset=cifar-10'], r"Unknown dataset 'cifar-10': use digits"),  # not a name
     # Launch settings, paths and files.
+    # absl guessed its own --log_dir and --logger_levels, which train.py neither uses nor lists.
+    (['--logdir=runs/mine'], r"^error: Unknown command line flag 'logdir' \(--help lists the "
+                             r"flags\)\.$"),
     (['--num_processes=2'], r'needs --coordinator_address'),
     (['--num_processes=2', '--process_id=2'], r'--process_id=2 with --num_processes=2: give each '
                                               r'process an id from 0 to 1'),
