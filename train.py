@@ -148,8 +148,6 @@ def main(argv):
   # orbax logs every step of every save at INFO; keep its warnings and errors only.
   logging.get_absl_logger().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
-  # JAX's search for a TPU logs, on every other machine, "Unable to initialize backend 'tpu'".
-  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
   if _WORKDIR.value is not None and not _WORKDIR.value.strip():  # else runs/<recipe>, silently
     raise errors.UserError('--workdir is empty (an unset variable in the command?): give a '
                            'folder or gs:// URL, or leave the flag out for runs/<recipe>.')

@@ -8,6 +8,7 @@ releases the workdir's lock, and ends with one line and the same status.
 """
 import errno
 import functools
+import logging
 import math
 import os
 import re
@@ -120,6 +121,8 @@ def reported(main):
     for signum in (signal.SIGINT, signal.SIGTERM):
       handle_unless_ignored(signum, _raise_on_signal)
     sys.unraisablehook = _unless_expected
+    # JAX's search for a TPU logs, on every other machine, "Unable to initialize backend 'tpu'".
+    logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
     try:
       return main(argv)
     except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged

@@ -116,13 +116,16 @@ def test_gist_is_the_first_line_that_says_something_without_library_wrapping(err
   assert errors.gist(error) == expected
 
 
-def test_a_mistake_in_train_py_is_the_only_line_it_writes(tmp_path):
+@pytest.mark.parametrize('command, error', [
+    (['train.py', '--config.total_steps=-1'],
+     'error: total_steps=-1: must be a positive integer (--config.total_steps=N).'),
+    (['benchmarks/throughput.py', '--devices=99'], 'error: --devices=99: only 1 here.'),
+])
+def test_a_mistake_found_after_jax_starts_is_the_only_line_written(tmp_path, command, error):
   """As a user runs it (JAX chooses the backend): no INFO line that a TPU was looked for first."""
   env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
-  run = subprocess.run([sys.executable, 'train.py', '--config.total_steps=-1',
-                        f'--workdir={tmp_path / "run"}'], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env=env)
+  run = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=env)
   assert run.returncode == 1
-  assert run.stderr.splitlines() == [
-      'error: total_steps=-1: must be a positive integer (--config.total_steps=N).'], run.stderr
-  assert not (tmp_path / 'run').exists()
+  assert run.stderr.splitlines() == [error], run.stderr
+  assert not list(tmp_path.iterdir())  # train.py's runs/digits was not made
