@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from absl import logging
 
-from mixer_jax import errors, paths, permutations, randaugment, steps
+from mixer_jax import errors, paths, permutations, randaugment, steps, validation
 from mixer_jax.errors import UserError
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
@@ -241,9 +241,7 @@ def load_tfds(config, split: str, process_index: int = 0, process_count: int = 1
   except (ValueError, AssertionError) as e:  # an unknown name, config or version
     first_line = errors.gist(e)
     if isinstance(e, tfds.core.registered.DatasetNotFoundError) or 'builder name' in first_line:
-      raise UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
-                      'tensorflow-datasets name such as cifar10, cifar100, oxford_iiit_pet, '
-                      'oxford_flowers102 or imagenet2012.') from e
+      raise validation.unknown_dataset(name) from e
     raise UserError(f'tensorflow-datasets cannot load {name!r} ({first_line}): check '
                     '--config.dataset, written NAME, NAME/CONFIG or NAME:VERSION.') from e
   try:

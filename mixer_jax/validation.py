@@ -62,6 +62,33 @@ def model_sizes(config) -> dict[str, int]:
   return sizes
 
 
+def unknown_dataset(name: str) -> UserError:
+  return UserError(f'Unknown dataset {name!r}: use digits, folder (with data_dir), or a '
+                   'tensorflow-datasets name such as cifar10, cifar100, oxford_iiit_pet, '
+                   'oxford_flowers102 or imagenet2012.')
+
+
+def check_dataset_name(name: str):
+  """A name tensorflow-datasets does not know, looked up in its registry, which needs no
+  TensorFlow: the mistake is named before TensorFlow's import (seconds) and any loading."""
+  if name in ('digits', 'folder', 'synthetic'):
+    return
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:  # the input pipeline's import names what is missing
+    return
+  try:
+    parsed, _ = tfds.core.naming.parse_builder_name_kwargs(name)
+    if parsed.namespace:  # a community data set: looking it up imports TensorFlow, reads GCS
+      return
+    tfds.builder_cls(str(parsed))
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise unknown_dataset(name) from e
+  except ValueError as e:  # not of the form NAME[/CONFIG][:VERSION]
+    if 'builder name' in str(e):
+      raise unknown_dataset(name) from e
+
+
 def check_config(config):
   """Raises UserError for the first field that cannot work, naming its value and the fix."""
   missing = missing_fields(config)
@@ -98,6 +125,7 @@ def check_config(config):
   for field, choices in CHOICES.items():
     if config[field] not in choices:
       raise UserError(f'{field}={config[field]!r} is not one of {", ".join(choices)}.')
+  check_dataset_name(config.dataset)
   if config.dataset == 'digits' and config.eval_split not in ('train', 'test'):
     raise UserError(f"eval_split={config.eval_split!r}: 'digits' has only train and test.")
   if config.dataset == 'folder' and not config.data_dir:

@@ -1,9 +1,14 @@
 """Every setting that cannot work stops the run before anything is read, written or compiled."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from configs import digits, finetune, synthetic
 from mixer_jax import trainer
 from mixer_jax.errors import UserError
+from training import ROOT
 
 
 def digits_with(**fields):
@@ -84,3 +89,27 @@ def test_a_setting_that_cannot_work_stops_the_run_before_it_touches_the_workdir(
     trainer.train_and_evaluate(config, str(workdir))
   assert sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob('*')) == [
       'checkpoints', 'checkpoints/100', 'checkpoints/100/state']
+
+
+def test_an_unknown_dataset_is_named_before_tensorflow_is_imported(tmp_path):
+  """TensorFlow takes seconds to import (12 s of train.py's 13 before): tensorflow-datasets'
+  registry, which needs none, names the mistake; a name it knows goes on to look for the data."""
+  script = f"""
+import sys
+from configs import digits
+from mixer_jax import trainer
+from mixer_jax.errors import UserError
+for name in ('imagenet', 'cifar-10', 'cifar10'):
+  config = digits.get_config()
+  config.dataset, config.data_dir = name, {str(tmp_path / 'data')!r}
+  try:
+    trainer.train_and_evaluate(config, {str(tmp_path)!r} + '/' + name)
+  except UserError as e:
+    print(*str(e).split()[:4], 'tensorflow' in sys.modules)
+"""
+  run = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.splitlines() == [
+      "Unknown dataset 'imagenet': use False", "Unknown dataset 'cifar-10': use False",
+      "Data set 'cifar10' is True"], run.stdout
