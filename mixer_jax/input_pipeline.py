@@ -22,7 +22,6 @@ from mixer_jax.errors import UserError
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; leave accelerators to JAX
 
 SHUFFLE_BUFFER = 50_000  # encoded examples, where a recipe sets none (the small-image ones)
-IN_MEMORY = ('digits', 'folder')  # any other name is a tensorflow-datasets name
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')  # what decode_image reads
 # The paper's splits (following ViT): a slice of train validates, the test split reports.
 TFDS_SPLITS = {
@@ -342,7 +341,7 @@ def random_shift(image, max_shift: int, seed):
 def create_train_dataset(config, start_step: int, process_index: int,
                          process_count: int) -> tf.data.Dataset:
   """Endless augmented batches of this process's share, starting at `start_step`."""
-  if config.dataset not in IN_MEMORY:
+  if config.dataset not in validation.IN_MEMORY:
     return _tfds_train_dataset(config, start_step, process_index, process_count)
   data = load_split(config, 'train')
   n = len(data.labels)
@@ -369,7 +368,7 @@ def create_train_dataset(config, start_step: int, process_index: int,
 def create_eval_dataset(config, split: str, process_index: int,
                         process_count: int) -> tf.data.Dataset:
   """One pass over `split`, padded with mask-0 examples to whole global batches."""
-  if config.dataset not in IN_MEMORY:
+  if config.dataset not in validation.IN_MEMORY:
     return _tfds_eval_dataset(config, split, process_index, process_count)
   data = load_split(config, split)
   n, batch = len(data.labels), config.eval_batch_size
@@ -473,7 +472,7 @@ def eval_batches(config, split: str, mesh):
 def class_names(config) -> list[str]:
   """The names of the classes in label order: the digits, the image folder's class folders, or
   the tensorflow-datasets label names (its label numbers where it has none)."""
-  if config.dataset not in IN_MEMORY:
+  if config.dataset not in validation.IN_MEMORY:
     return list(load_tfds(config, 'train')[1].features['label'].names)
   return list(load_split(config, 'train').class_names)
 

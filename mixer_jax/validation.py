@@ -9,6 +9,7 @@ import math
 from mixer_jax import config_files, models
 from mixer_jax.errors import UserError
 
+IN_MEMORY = ('digits', 'folder')  # other names but 'synthetic' are tensorflow-datasets names
 MODEL_SIZES = ('num_blocks', 'patch_size', 'hidden_dim', 'tokens_mlp_dim', 'channels_mlp_dim')
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'total_steps', 'grad_accum_steps', 'log_every',
                  'eval_every', 'checkpoint_every', 'image_size', 'shuffle_buffer', 'num_classes',
@@ -71,7 +72,7 @@ def unknown_dataset(name: str) -> UserError:
 def check_dataset_name(name: str):
   """A name tensorflow-datasets does not know, looked up in its registry, which needs no
   TensorFlow: the mistake is named before TensorFlow's import (seconds) and any loading."""
-  if name in ('digits', 'folder', 'synthetic'):
+  if name in (*IN_MEMORY, 'synthetic'):
     return
   try:
     import tensorflow_datasets as tfds

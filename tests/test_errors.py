@@ -1,7 +1,6 @@
 """How the entry points end on a mistake: one line, the status, nothing else."""
 import gc
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -9,8 +8,7 @@ import textwrap
 import pytest
 
 from mixer_jax import errors
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from training import ROOT
 
 
 class RaisesWhenCollected:

@@ -19,8 +19,7 @@ from matplotlib import image as mpimg
 from mixer_jax import checkpoints, models
 from mixer_jax.errors import UserError
 from studies import curves, from_scratch, permutation, resnet, scaling, study, vit, weights
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from training import ROOT
 # A 1-block Mixer on 8x8 digits (patch 2: a 4x4 token grid), 2 steps: seconds per run.
 TINY_RECIPE = ['--config.total_steps=2', '--config.warmup_steps=1', '--config.checkpoint_every=2',
                '--config.log_every=1', '--config.image_size=8', '--config.model.patch_size=2',

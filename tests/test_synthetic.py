@@ -1,7 +1,6 @@
 """dataset=synthetic: device-made batches, a stream that resumes exactly, no TensorFlow needed."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -10,8 +9,7 @@ import numpy as np
 
 from configs import synthetic as synthetic_config
 from mixer_jax import steps, synthetic
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from training import ROOT
 
 
 def small_config():
