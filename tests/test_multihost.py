@@ -13,8 +13,8 @@ import pytest
 
 from mixer_jax import lock, trainer
 from test_input_pipeline import make_image_folder
-from training import (ROOT, SMALL_MODEL_FLAGS, error_line, restore_params, run_train_py,
-                      small_config)
+from training import (ROOT, SMALL_MODEL_FLAGS, cpu_devices, error_line, restore_params,
+                      run_train_py, small_config)
 
 # SGD, as in test_eight_devices_train_like_one: Adam would amplify rounding noise in the
 # token-mixing output biases, whose gradient is exactly zero.
@@ -33,8 +33,7 @@ def run_processes(*flags_of_each, prefixes=None, timeout=240):
   """train.py as processes 0, 1, ... of one run on 127.0.0.1, 2 CPU devices each: (status, output)
   of each. `flags_of_each[i]`: process i's flags (a --num_processes there wins); `prefixes[i]`:
   a command it runs under."""
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-         'JAX_PLATFORMS': 'cpu'}
+  env = cpu_devices(2)
   address = f'127.0.0.1:{free_port()}'
   procs = [subprocess.Popen(
       [*(prefixes or {}).get(i, []), sys.executable, str(ROOT / 'train.py'),

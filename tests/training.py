@@ -39,11 +39,18 @@ def restore_params(workdir, step):
     return checkpointer.restore(path, target)['params']
 
 
+def cpu_devices(n: int) -> dict[str, str]:
+  """The environment of a process with `n` CPU devices, and the suite's other XLA flags."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu',
+          'XLA_FLAGS': ' '.join([*flags, f'--xla_force_host_platform_device_count={n}'])}
+
+
 def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True, file_kib=None):
   """train.py's (exit status, output); with `file_kib`, no file it writes grows past that many
   KiB: writes beyond fail as on a full disk (EFBIG, SIGXFSZ ignored)."""
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-         'JAX_PLATFORMS': 'cpu'}
+  env = cpu_devices(devices)
   cmd = [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *flags]
   if file_kib:  # set by a shell: a preexec_fn would fork this multithreaded (JAX) process
     cmd = ['bash', '-c', f'trap "" XFSZ; ulimit -f {file_kib}; exec "$@"', 'bash', *cmd]
