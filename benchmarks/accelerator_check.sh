@@ -176,7 +176,7 @@ if runs pipeline; then
   echo "== 4. host input pipeline (t=$(elapsed) s)"
   # Looked up, not imported: an import takes 10 s, which the benchmark then spends again.
   if missing=$(python3 -c 'import importlib.util as u
-print(*(m for m in ("tensorflow", "tensorflow_datasets") if not u.find_spec(m)))') \
+print(" and ".join(m for m in ("tensorflow", "tensorflow_datasets") if not u.find_spec(m)))') \
       && [ -z "$missing" ]; then
     JAX_PLATFORMS=cpu python3 benchmarks/input_pipeline.py "${pipeline[@]}" \
       --json_out="$out/input_pipeline.jsonl" || failed+=(input_pipeline)
