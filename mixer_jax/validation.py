@@ -85,9 +85,11 @@ def check_dataset_name(name: str):
     tfds.builder_cls(str(parsed))
   except tfds.core.registered.DatasetNotFoundError as e:
     raise unknown_dataset(name) from e
-  except Exception as e:  # noqa: BLE001 (a builder's own import problem: the loader reports it)
-    if isinstance(e, ValueError) and 'builder name' in str(e):  # not NAME[/CONFIG][:VERSION]
+  except ValueError as e:
+    if 'builder name' in str(e):  # not NAME[/CONFIG][:VERSION]
       raise unknown_dataset(name) from e
+  except Exception:  # noqa: BLE001 (a builder's own import problem: the loader reports it)
+    pass
 
 
 def check_config(config):
