@@ -72,6 +72,7 @@ failed=()
 
 if [ ${#wheels[@]} -gt 0 ]; then
   site=$(mktemp -d /tmp/mixer_jax_site.XXXX)
+  trap 'rm -rf "$site"' EXIT  # the installed wheels are this run's alone
   whl=()
   for dir in "${wheels[@]}"; do
     [ -d "$dir" ] || { echo "error: --wheels $dir: no such folder"; exit 2; }
