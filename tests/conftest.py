@@ -22,15 +22,15 @@ if importlib.util.find_spec('torchvision') is not None:
 
 
 def pytest_configure(config):
-  """The session's XLA settings, for its workers and the processes they start: LLVM at -O1,
-  and one compilation cache.
+  """The session's XLA settings and temporary files, for its workers and the processes they
+  start: LLVM at -O1, one compilation cache, one temporary folder removed at the end.
 
   Many tests train the same small models, in this process or through train.py: each shape
   compiles once (about half of a short run's time). xdist workers, started after this, inherit
   the variables; JAX reads them when it is imported. Programs that compile in under a second
   are kept too (JAX's default leaves them out): about 1 s of each short train.py run.
   """
-  if hasattr(config, 'workerinput'):  # an xdist worker: the controller made the cache
+  if hasattr(config, 'workerinput'):  # an xdist worker: the controller made the folders
     return
   # LLVM at -O1 rather than XLA's -O2: a 20-step run of the small test model, mostly compiling,
   # took 17.5 CPU seconds instead of 25.7; the default digits run trained in 62 s against 58.
@@ -39,13 +39,18 @@ def pytest_configure(config):
   if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                                + ' --xla_backend_optimization_level=1').strip()
+  # What libraries leave in the temporary folder goes with the session: tfds makes an empty
+  # folder for each builder of unprepared data, TensorFlow's autograph files outlive killed
+  # processes (about 190 a run, before). pytest's own tmp_path folders stay where they were,
+  # its last three runs kept.
+  os.environ.setdefault('PYTEST_DEBUG_TEMPROOT', tempfile.gettempdir())
+  session = tempfile.mkdtemp(prefix='mixer_jax_tests_')
+  config.add_cleanup(lambda: shutil.rmtree(session, ignore_errors=True))
+  os.environ['TMPDIR'] = tempfile.tempdir = session
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(session, 'xla_cache'))
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   jax.config.update('jax_persistent_cache_min_compile_time_secs',
                     float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
-  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mixer_jax_xla_cache_')
-    config.add_cleanup(lambda: shutil.rmtree(os.environ.pop('JAX_COMPILATION_CACHE_DIR'),
-                                             ignore_errors=True))
   jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 
