@@ -67,11 +67,16 @@ def manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
       item_handlers=ocp.StandardCheckpointHandler())
 
 
+def _writer_thread_error(record, *libraries: str) -> bool:
+  """Whether a log record is a report of a failure, with its exception, from these libraries."""
+  return bool(record.levelno >= logging.ERROR and record.exc_info
+              and any(f'/{name}/' in record.pathname for name in libraries))
+
+
 def _not_reported_again(record) -> bool:
   """False for orbax's and clu's writer threads' error reports: the error is raised again where
   the run waits for the write, and writes_explained reports it there, in one line."""
-  return not (record.levelno >= logging.ERROR and record.exc_info
-              and ('/orbax/' in record.pathname or '/clu/' in record.pathname))
+  return not _writer_thread_error(record, 'orbax', 'clu')
 
 
 def writer_threads_quiet():
@@ -81,7 +86,28 @@ def writer_threads_quiet():
 
 class _Manager(ocp.CheckpointManager):
   """orbax's manager, with a failed write (a full disk, a bucket out of reach) one UserError that
-  names the cause and where a rerun resumes."""
+  names the cause and where a rerun resumes.
+
+  With several processes, the error of a write that failed on this one is kept from orbax's log
+  report of it: orbax's thread holds it while it waits for the others in a barrier, which they
+  reach only after 20 minutes (they wait in another). `abandoned`: the trainer gave up on the
+  writes in progress, which are then not waited for.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.thread_errors, self.abandoned = [], False
+    # First: a filter that drops a record (writer_threads_quiet's) ends the logger's checks.
+    logging.get_absl_logger().filters.insert(0, self._keep_thread_error)
+
+  def _keep_thread_error(self, record) -> bool:
+    if _writer_thread_error(record, 'orbax'):
+      self.thread_errors.append(record.exc_info[1])
+    return True  # whether it is shown is writer_threads_quiet's business
+
+  def close(self):
+    logging.get_absl_logger().removeFilter(self._keep_thread_error)
+    super().close()
 
   def _writes(self):  # tensorstore's errors are ValueErrors
     return writes_explained('a checkpoint', self.directory, self.directory, ValueError)
@@ -99,6 +125,8 @@ class _Manager(ocp.CheckpointManager):
     after a lost checkpoint, not one checkpoint interval later. (orbax's own check misses a
     failure that its finalising thread holds; joining that finished thread raises it.)"""
     with self._writes():
+      if self.thread_errors:
+        raise self.thread_errors[0]
       super().check_for_errors()
       if not self.is_saving_in_progress():
         super().wait_until_finished()

@@ -22,6 +22,12 @@ class UserError(ValueError):
   """A config value, data set, checkpoint or launch setting that cannot work as given."""
 
 
+class EndAtOnce(UserError):
+  """A UserError after which the program ends without Python's shutdown, which waits for every
+  thread: after a checkpoint write failed on one of several processes, orbax's threads wait in
+  barriers for the others for 20 minutes."""
+
+
 class Terminated(BaseException):
   """SIGTERM outside the training loop (which saves a checkpoint first): like KeyboardInterrupt,
   not caught by `except Exception`, so the program unwinds to `reported`."""
@@ -125,6 +131,8 @@ def reported(main):
     logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
     try:
       return main(argv)
+    except EndAtOnce as e:  # unwound: the workdir's lock is released
+      end_now(f'error: {e}', 1)
     except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged
       exit_with(f'error: {e}')
     except OSError as e:

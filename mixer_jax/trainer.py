@@ -283,6 +283,32 @@ def stopping_every_process_on_error():
   stop_every_process_if_one_failed(error)
 
 
+def check_saves(checkpoints, wait: bool = False):
+  """Raises if a checkpoint write failed; with several processes, on every process if it failed
+  on one, and with `wait` only once the save in progress ended on all of them (before the next
+  save: orbax's own wait for the last one would hang on a failed one).
+
+  The threads of a write that failed wait for each other in barriers that time out only after
+  20 minutes: every process then stops without them (errors.EndAtOnce), within a second.
+  """
+  if jax.process_count() == 1:
+    checkpoints.check_for_errors()
+    return
+  while True:
+    try:
+      with stopping_every_process_on_error():
+        checkpoints.check_for_errors()
+    except Exception as e:
+      checkpoints.abandoned = True
+      if isinstance(e, UserError):
+        raise errors.EndAtOnce(str(e)) from e
+      raise
+    saving = multihost_utils.process_allgather(np.bool_(checkpoints.is_saving_in_progress()))
+    if not wait or not saving.any():
+      return
+    time.sleep(0.1)
+
+
 def check_processes_agree(config, workdir: epath.Path):
   """Every process was given the same settings and workdir, or each stops naming what differs.
 
@@ -543,7 +569,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
                                                   / jax.device_count())
           with stopping_every_process_on_error():  # a write that failed on one process
             log.write(step, 'train', summary)
-            checkpoints.check_for_errors()
+          check_saves(checkpoints)
           progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.2e}")
           window, window_start = [], time.perf_counter()
         paused = time.perf_counter()  # steps_per_sec leaves evaluating and saving out
@@ -552,13 +578,19 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, build) -> dic
           with stopping_every_process_on_error():
             log.write(step, config.eval_split, results)
         if save_now:
+          check_saves(checkpoints, wait=True)
           checkpoints.save(step, args=ocp.args.StandardSave(state))
         window_start += time.perf_counter() - paused
         if preempted:
           break
+      check_saves(checkpoints, wait=True)
     finally:
-      checkpoints.wait_until_finished()
-      checkpoints.close()
+      if checkpoints.abandoned:  # the program ends at once: TensorBoard's last events go now
+        with contextlib.suppress(Exception):
+          log.close()
+      else:
+        checkpoints.wait_until_finished()
+        checkpoints.close()
 
   if preempted and step < config.total_steps:
     log.close()

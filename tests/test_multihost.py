@@ -152,6 +152,35 @@ def test_a_write_that_fails_on_process_0_mid_run_stops_every_process(tmp_path):
                                     'Stopping every process: fix that, then start them all again.')
 
 
+@pytest.mark.parametrize('failing', [0, 1])
+def test_a_checkpoint_write_that_fails_on_one_process_stops_every_process(tmp_path, failing):
+  """Each process writes its part of a checkpoint in the background. Before: the write failed
+  without a word, the run went on saving no checkpoint, and at the next save every process
+  waited for the others in orbax's barriers for 20 minutes (past this timeout)."""
+  settings = {**OVERRIDES, 'total_steps': 20, 'log_every': 5, 'checkpoint_every': 10}
+  flags = [f'--workdir={tmp_path / "run"}', *[f'--config.{k}={v}' for k, v in settings.items()],
+           *SMALL_MODEL_FLAGS]
+  # Its checkpoint files are 13-90 kB; config.json, the metrics and labels.txt under 2 kB.
+  small_files = ['bash', '-c', 'trap "" XFSZ; ulimit -f 12; exec "$@"', 'bash']
+  codes, outputs, _ = run_processes(flags, flags, prefixes={failing: small_files}, timeout=120)
+  assert codes == [1, 1], outputs
+  failed = error_line(outputs[failing])
+  assert failed == (
+      f'error: Writing a checkpoint to {tmp_path / "run" / "checkpoints"} failed (File too large), '
+      'so the run stopped. Free space there (keep_checkpoints sets how many checkpoints are kept) '
+      'or restore access, then run the same command: it starts again, as no checkpoint was '
+      'complete.'), outputs[failing]
+  assert error_line(outputs[1 - failing]) == (
+      f'error: Process {failing} stopped: {failed[len("error: "):]} Stopping every process: fix '
+      'that, then start them all again.'), outputs[1 - failing]
+  assert all(out.rstrip().endswith(error_line(out)) for out in outputs), outputs
+  names = {p.name for p in (tmp_path / 'run').iterdir()}
+  assert {'config.json', 'metrics.jsonl'} <= names and not {'lock.json', 'results.json'} & names
+  # The unfinished write, which the rerun removes (test_train.py checks that).
+  assert [p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()] == [
+      '10.orbax-checkpoint-tmp']
+
+
 def test_a_process_whose_peers_never_connect_stops_with_one_line(tmp_path):
   """Before: 5 minutes of silence, then XLA's abort and stack dump blaming a task that died."""
   address = f'127.0.0.1:{free_port()}'
