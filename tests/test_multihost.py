@@ -157,7 +157,8 @@ def test_a_checkpoint_write_that_fails_on_one_process_stops_every_process(tmp_pa
   """Each process writes its part of a checkpoint in the background. Before: the write failed
   without a word, the run went on saving no checkpoint, and at the next save every process
   waited for the others in orbax's barriers for 20 minutes (past this timeout)."""
-  settings = {**OVERRIDES, 'total_steps': 20, 'log_every': 5, 'checkpoint_every': 10}
+  settings = {**OVERRIDES, 'total_steps': 15, 'log_every': 5, 'checkpoint_every': 10,
+              'eval_every': 1000}
   flags = [f'--workdir={tmp_path / "run"}', *[f'--config.{k}={v}' for k, v in settings.items()],
            *SMALL_MODEL_FLAGS]
   # Its checkpoint files are 13-90 kB; config.json, the metrics and labels.txt under 2 kB.
