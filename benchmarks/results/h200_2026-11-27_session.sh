@@ -2,7 +2,7 @@
 # This session's device run: the accelerator check (cuBLAS GEMMs: XLA's Triton GEMM autotuning
 # compiles too slowly for a full sweep in the lease), then default XLA flags A/B on B/16 and S/32.
 # A record: the PYTHONPATH line reuses the wheel folder that the check of that day left in /tmp; since
-# 2026-12-07 the check removes it on exit, so a rerun passes --wheels to each step instead.
+# 2026-12-07 the check removes it on exit. Today's way to run the GPU check: benchmarks/gpu_session.sh.
 export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jc
 T0=$SECONDS
 XLA_FLAGS=${SWEEP_FLAGS---xla_gpu_enable_triton_gemm=false} bash benchmarks/accelerator_check.sh $OUT/c --wheels .whl --budget ${BUDGET:-400}
