@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from mixer_jax import errors
-from training import ROOT
+from training import ROOT, file_size_limit
 
 
 class RaisesWhenCollected:
@@ -88,9 +88,9 @@ def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_pa
           f.write('x' * 10_000)
 
       main(['study.py'])""")
-  # Files stop at 1 KiB, as on a full disk (EFBIG rather than the SIGXFSZ that would kill it).
-  run = subprocess.run(['bash', '-c', 'trap "" XFSZ; ulimit -f 1; exec "$@"', 'bash',
-                        sys.executable, '-c', program, str(tmp_path / 'figure.png')],
+  # Files stop at 1 KiB, as on a full disk.
+  run = subprocess.run([*file_size_limit(1), sys.executable, '-c', program,
+                        str(tmp_path / 'figure.png')],
                        capture_output=True, text=True, timeout=60)
   assert (run.returncode, run.stderr) == (1, 'error: File too large: free space, or write to a '
                                              'folder on another disk, and run the same command '

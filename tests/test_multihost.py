@@ -13,8 +13,8 @@ import pytest
 
 from mixer_jax import lock, trainer
 from test_input_pipeline import make_image_folder
-from training import (ROOT, SMALL_MODEL_FLAGS, cpu_devices, error_line, restore_params,
-                      run_train_py, small_config)
+from training import (ROOT, SMALL_MODEL_FLAGS, cpu_devices, error_line, file_size_limit,
+                      restore_params, run_train_py, small_config)
 
 # SGD, as in test_eight_devices_train_like_one: Adam would amplify rounding noise in the
 # token-mixing output biases, whose gradient is exactly zero.
@@ -142,8 +142,8 @@ def test_a_write_that_fails_on_process_0_mid_run_stops_every_process(tmp_path):
   settings = {**OVERRIDES, 'total_steps': 40, 'log_every': 1, 'checkpoint_every': 1000}
   flags = [f'--workdir={tmp_path / "run"}', *[f'--config.{k}={v}' for k, v in settings.items()],
            *SMALL_MODEL_FLAGS]
-  small_files = ['bash', '-c', 'trap "" XFSZ; ulimit -f 2; exec "$@"', 'bash']  # ~13 records
-  codes, outputs, _ = run_processes(flags, flags, prefixes={0: small_files}, timeout=120)
+  codes, outputs, _ = run_processes(flags, flags, prefixes={0: file_size_limit(2)},  # ~13 records
+                                    timeout=120)
   assert codes == [1, 1], outputs
   failed = error_line(outputs[0])
   assert re.fullmatch(rf'error: Writing the metrics to {tmp_path / "run"} failed \(.*File too '
@@ -162,8 +162,8 @@ def test_a_checkpoint_write_that_fails_on_one_process_stops_every_process(tmp_pa
   flags = [f'--workdir={tmp_path / "run"}', *[f'--config.{k}={v}' for k, v in settings.items()],
            *SMALL_MODEL_FLAGS]
   # Its checkpoint files are 13-90 kB; config.json, the metrics and labels.txt under 2 kB.
-  small_files = ['bash', '-c', 'trap "" XFSZ; ulimit -f 12; exec "$@"', 'bash']
-  codes, outputs, _ = run_processes(flags, flags, prefixes={failing: small_files}, timeout=120)
+  codes, outputs, _ = run_processes(flags, flags, prefixes={failing: file_size_limit(12)},
+                                    timeout=120)
   assert codes == [1, 1], outputs
   failed = error_line(outputs[failing])
   assert failed == (

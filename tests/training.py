@@ -47,13 +47,20 @@ def cpu_devices(n: int) -> dict[str, str]:
           'XLA_FLAGS': ' '.join([*flags, f'--xla_force_host_platform_device_count={n}'])}
 
 
+def file_size_limit(kib: int) -> list[str]:
+  """A command prefix: no file the command writes grows past `kib` KiB, and writes beyond fail
+  as on a full disk (EFBIG, with the SIGXFSZ that would kill it ignored). Set by a shell: a
+  preexec_fn would fork this multithreaded (JAX) process."""
+  return ['bash', '-c', f'trap "" XFSZ; ulimit -f {kib}; exec "$@"', 'bash']
+
+
 def run_train_py(workdir, *flags, devices=1, timeout=300, wait=True, file_kib=None):
   """train.py's (exit status, output); with `file_kib`, no file it writes grows past that many
-  KiB: writes beyond fail as on a full disk (EFBIG, SIGXFSZ ignored)."""
+  KiB (file_size_limit)."""
   env = cpu_devices(devices)
   cmd = [sys.executable, str(ROOT / 'train.py'), f'--workdir={workdir}', *flags]
-  if file_kib:  # set by a shell: a preexec_fn would fork this multithreaded (JAX) process
-    cmd = ['bash', '-c', f'trap "" XFSZ; ulimit -f {file_kib}; exec "$@"', 'bash', *cmd]
+  if file_kib:
+    cmd = [*file_size_limit(file_kib), *cmd]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, cwd=ROOT)
   if not wait:
