@@ -79,9 +79,31 @@ def _not_reported_again(record) -> bool:
   return not _writer_thread_error(record, 'orbax', 'clu')
 
 
+def _not_an_unretrieved_task(record) -> bool:
+  """False for asyncio's report of a task whose error no one retrieved (here orbax's write tasks,
+  whose failure orbax reports too)."""
+  return 'exception was never retrieved' not in record.getMessage()
+
+
+def _writer_threads_quiet_for_good():
+  # New function objects: writer_threads_quiet removes its own filters as the program unwinds.
+  logging.get_absl_logger().addFilter(lambda record: _not_reported_again(record))
+  std_logging.getLogger('asyncio').addFilter(lambda record: _not_an_unretrieved_task(record))
+  warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
+
+
+@contextlib.contextmanager
 def writer_threads_quiet():
-  """While it lasts, writer threads' reports of a failed write (a traceback each) are dropped."""
-  return _filtered_log(_not_reported_again)
+  """While it lasts, writer threads' reports of a failed write (a traceback each) are dropped,
+  and asyncio's of orbax's failed write tasks, which can come before the run stops (with
+  several processes, at the next log step or save)."""
+  tasks = std_logging.getLogger('asyncio')
+  tasks.addFilter(_not_an_unretrieved_task)
+  try:
+    with _filtered_log(_not_reported_again):
+      yield
+  finally:
+    tasks.removeFilter(_not_an_unretrieved_task)
 
 
 class _Manager(ocp.CheckpointManager):
@@ -90,8 +112,7 @@ class _Manager(ocp.CheckpointManager):
 
   With several processes, the error of a write that failed on this one is kept from orbax's log
   report of it: orbax's thread holds it while it waits for the others in a barrier, which they
-  reach only after 20 minutes (they wait in another). `abandoned`: the trainer gave up on the
-  writes in progress, which are then not waited for.
+  reach only after 20 minutes (they wait in another).
   """
 
   def __init__(self, *args, **kwargs):
@@ -108,6 +129,12 @@ class _Manager(ocp.CheckpointManager):
   def close(self):
     logging.get_absl_logger().removeFilter(self._keep_thread_error)
     super().close()
+
+  def abandon(self):
+    """Gives up on the writes in progress: they are not waited for, and their threads' reports,
+    as the processes end under their barriers, are not shown."""
+    self.abandoned = True
+    _writer_threads_quiet_for_good()
 
   def _writes(self):  # tensorstore's errors are ValueErrors
     return writes_explained('a checkpoint', self.directory, self.directory, ValueError)
@@ -145,10 +172,7 @@ def writes_explained(what: str, where, checkpoints_folder, *more_errors: type[Ex
     while e.__cause__ is not None:  # e.g. clu's AsyncError, around the error in its thread
       e = e.__cause__
     # Said here once: the writes left undone would each be reported again as the program ends.
-    logging.get_absl_logger().addFilter(lambda record: _not_reported_again(record))  # for good
-    std_logging.getLogger('asyncio').addFilter(
-        lambda record: 'exception was never retrieved' not in record.getMessage())
-    warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
+    _writer_threads_quiet_for_good()
     code = re.search(r"os_error_code='(\d+)'", str(e))
     cause = (os.strerror(int(code.group(1))) if code else
              e.strerror if isinstance(e, OSError) and e.strerror else gist(e))

@@ -25,7 +25,13 @@ class UserError(ValueError):
 class EndAtOnce(UserError):
   """A UserError after which the program ends without Python's shutdown, which waits for every
   thread: after a checkpoint write failed on one of several processes, orbax's threads wait in
-  barriers for the others for 20 minutes."""
+  barriers for the others for 20 minutes. `before_exit` runs once the message is out: where
+  the processes meet (jax.distributed.shutdown), as JAX's coordinator, on process 0, aborts any
+  process still running when it ends."""
+
+  def __init__(self, message: str, before_exit):
+    super().__init__(message)
+    self.before_exit = before_exit
 
 
 class Terminated(BaseException):
@@ -66,11 +72,12 @@ def _unless_expected(unraisable):
     sys.__unraisablehook__(unraisable)
 
 
-def end_now(message: str, status: int):
+def end_now(message: str, status: int, before_exit=lambda: None):
   """Ends the process without unwinding or interpreter shutdown: either can crash with a
   segmentation fault when the signal came inside jaxlib's import or XLA's compilation."""
   sys.stdout.flush()
   say(message)
+  before_exit()
   os._exit(status)
 
 
@@ -132,7 +139,7 @@ def reported(main):
     try:
       return main(argv)
     except EndAtOnce as e:  # unwound: the workdir's lock is released
-      end_now(f'error: {e}', 1)
+      end_now(f'error: {e}', 1, e.before_exit)
     except (UserError, FloatingPointError) as e:  # FloatingPointError: the run diverged
       exit_with(f'error: {e}')
     except OSError as e:

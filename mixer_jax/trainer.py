@@ -299,9 +299,9 @@ def check_saves(checkpoints, wait: bool = False):
       with stopping_every_process_on_error():
         checkpoints.check_for_errors()
     except Exception as e:
-      checkpoints.abandoned = True
+      checkpoints.abandon()
       if isinstance(e, UserError):
-        raise errors.EndAtOnce(str(e)) from e
+        raise errors.EndAtOnce(str(e), jax.distributed.shutdown) from e
       raise
     saving = multihost_utils.process_allgather(np.bool_(checkpoints.is_saving_in_progress()))
     if not wait or not saving.any():
