@@ -7,6 +7,7 @@ at step k sees exactly the batches an uninterrupted run would have seen from ste
 """
 import dataclasses
 import functools
+import math
 import os
 
 import jax
@@ -365,13 +366,22 @@ def create_train_dataset(config, start_step: int, process_index: int,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def eval_batch_size(config, num_examples: int, process_count: int) -> int:
+  """config.eval_batch_size, or for a smaller split its size rounded up to whole devices and
+  processes: a batch that is mostly padding costs its compute and memory (and can run out of
+  it after a whole run's training) for nothing."""
+  unit = math.lcm(jax.device_count(), process_count)
+  return min(config.eval_batch_size, -(-num_examples // unit) * unit)
+
+
 def create_eval_dataset(config, split: str, process_index: int,
                         process_count: int) -> tf.data.Dataset:
   """One pass over `split`, padded with mask-0 examples to whole global batches."""
   if config.dataset not in validation.IN_MEMORY:
     return _tfds_eval_dataset(config, split, process_index, process_count)
   data = load_split(config, split)
-  n, batch = len(data.labels), config.eval_batch_size
+  n = len(data.labels)
+  batch = eval_batch_size(config, n, process_count)
   padded = -(-n // batch) * batch
   images, labels = tf.constant(data.images), tf.constant(data.labels)
   # Padding repeats example 0 with mask 0, so every process sees whole batches.
@@ -442,9 +452,10 @@ def _tfds_train_dataset(config, start_step, process_index, process_count):
 
 def _tfds_eval_dataset(config, split, process_index, process_count):
   ds, _ = load_tfds(config, split, process_index, process_count)
-  local_batch = config.eval_batch_size // process_count
+  n = count_examples(config, split)
+  local_batch = eval_batch_size(config, n, process_count) // process_count
   # Every process runs the same number of batches (collectives), padding with mask 0.
-  per_process = -(-count_examples(config, split) // process_count)
+  per_process = -(-n // process_count)
   num_batches = -(-per_process // local_batch)
   ds = ds.map(lambda encoded, label: {
       'image': eval_image(config, decode_image(encoded)),

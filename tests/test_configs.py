@@ -64,6 +64,19 @@ def test_recipe_trains_evaluates_and_checkpoints(tmp_path, name):
   assert len(names) == len(set(names)) == CLASSES[name]
 
 
+def test_a_data_set_split_smaller_than_the_eval_batch_is_one_batch_of_its_size(tmp_path):
+  """10 examples with eval_batch_size=512: one batch of 10, not 502 of padding. (mock_data
+  gives each process's shard 10 examples: test_input_pipeline splits a small split over 7.)"""
+  config = recipe('cifar10')
+  config.data_dir, config.eval_batch_size = str(tmp_path / 'tfds'), 512
+  with mocked('cifar10'):
+    [batch] = list(input_pipeline.create_eval_dataset(config, 'test', 0, 1).as_numpy_iterator())
+    labels = [label for _, label in tfds.load('cifar10', split='test', data_dir=config.data_dir,
+                                              as_supervised=True).as_numpy_iterator()]
+  assert batch['image'].shape == (10, 32, 32, 3) and batch['mask'].tolist() == [1.0] * 10
+  assert batch['label'].tolist() == labels
+
+
 def test_recipe_defaults_follow_the_paper():
   config = finetune.get_config('L/16,oxford_iiit_pet')
   assert (config.optimizer, config.batch_size, config.grad_clip_norm, config.weight_decay,

@@ -80,6 +80,20 @@ def test_eval_covers_every_test_example_once_with_padding_masked(config):
   np.testing.assert_array_equal(labels[:360], input_pipeline.load_digits('test').labels)
 
 
+def test_a_split_smaller_than_the_eval_batch_is_one_batch_of_its_size_over_processes(config):
+  """Not 100,000 images of which 99,640 padding: 360 over 7 processes is 7 x 52, each test
+  example once."""
+  config.eval_batch_size = 100_000
+  shards = [list(input_pipeline.create_eval_dataset(config, 'test', i, 7).as_numpy_iterator())
+            for i in range(7)]
+  assert all(len(s) == 1 and s[0]['image'].shape == (52, 16, 16, 3) for s in shards)
+  mask = np.concatenate([s[0]['mask'] for s in shards])
+  labels = np.concatenate([s[0]['label'] for s in shards])
+  assert mask.sum() == 360
+  np.testing.assert_array_equal(np.bincount(labels[mask == 1]),
+                                np.bincount(input_pipeline.load_digits('test').labels))
+
+
 def test_random_shift_is_a_translation_filled_with_background():
   image = tf.random.uniform((16, 16, 3), -0.9, 1.0)
   for seed in range(10):
