@@ -46,9 +46,10 @@ def build_model(config, num_classes: int) -> models.MlpMixer:
 def evaluate(eval_step, state, config, mesh) -> dict[str, float]:
   """Exact loss and accuracy over the whole evaluation split (padding is masked out)."""
   totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
-  for batch in data_source(config).eval_batches(config, config.eval_split, mesh):
-    sums = jax.device_get(eval_step(state, batch))
-    totals = {k: totals[k] + float(sums[k]) for k in totals}
+  with out_of_memory_explained(config, 'eval_batch_size'):
+    for batch in data_source(config).eval_batches(config, config.eval_split, mesh):
+      sums = jax.device_get(eval_step(state, batch))
+      totals = {k: totals[k] + float(sums[k]) for k in totals}
   return {'loss': totals['loss'] / totals['count'],
           'accuracy': totals['correct'] / totals['count']}
 
@@ -217,19 +218,23 @@ def _record(line: str) -> dict | None:
 
 
 @contextlib.contextmanager
-def out_of_memory_explained(config, per_device: int):
-  """A device out of memory ends the run with what to change, the checkpoints kept."""
+def out_of_memory_explained(config, batch: str = 'batch_size'):
+  """A device out of memory ends the run with what to change, the checkpoints kept. `batch`:
+  the setting whose batches were computed (evaluation's runs after training's fitted)."""
   try:
     yield
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e).lower():
       raise
+    size = config[batch]
+    fixes = (['lower eval_batch_size'] if batch == 'eval_batch_size' else
+             ['lower batch_size', 'raise grad_accum_steps']
+             + (['set model.remat=True (recomputes activations)'] if 'remat' in config.model
+                else []))
     raise UserError(
-        f'Out of device memory ({errors.gist(e)[:200]}) with batch_size='
-        f'{config.batch_size} ({per_device} a device) at {config.image_size}x{config.image_size}:'
-        ' lower batch_size or eval_batch_size, raise grad_accum_steps'
-        + (', or set model.remat=True (recomputes activations)' if 'remat' in config.model
-           else '') + '. The checkpoints written so far are kept.') from e
+        f'Out of device memory ({errors.gist(e)[:200]}) with {batch}={size} '
+        f'({size // jax.device_count()} a device) at {config.image_size}x{config.image_size}: '
+        f'{", or ".join(fixes)}. The checkpoints written so far are kept.') from e
 
 
 def flat_settings(config) -> dict[str, Any]:
@@ -432,7 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
   check_processes_agree(config, workdir)  # first: a check one process fails would hang the rest
   validation.check_config(config)
   with claim_workdir(workdir):
-    with out_of_memory_explained(config, config.batch_size // jax.device_count()), \
+    with out_of_memory_explained(config), \
         ckpt.writer_threads_quiet():  # a failed write is reported once, by writes_explained
       return _train(config, workdir, build)
 

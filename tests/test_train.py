@@ -248,6 +248,18 @@ def test_running_out_of_memory_is_one_error_naming_what_to_change(tmp_path):
   assert 'grad_accum_steps' in last and 'model.remat=True' in last
 
 
+def test_running_out_of_memory_in_evaluation_names_eval_batch_size(tmp_path):
+  # Training's batches of 8 fit; the evaluation's 65,536 images (39 GB) do not.
+  code, out = run_train_py(tmp_path, '--config=configs/synthetic.py:S/32,smoke',
+                           '--config.image_size=224', '--config.batch_size=8',
+                           '--config.eval_batch_size=65536', '--config.total_steps=2')
+  assert code == 1 and 'Traceback' not in out, out
+  last = out.strip().splitlines()[-1]
+  assert last.startswith('error: Out of device memory (') and 'eval_batch_size=65536' in last, out
+  assert 'lower eval_batch_size' in last and 'grad_accum_steps' not in last
+  assert (tmp_path / 'checkpoints' / '2').is_dir()  # the training is kept
+
+
 def test_ctrl_c_while_train_py_starts_ends_it_quietly(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), f'--workdir={tmp_path / "run"}'],
