@@ -220,7 +220,7 @@ def _record(line: str) -> dict | None:
 @contextlib.contextmanager
 def out_of_memory_explained(config, batch: str = 'batch_size'):
   """A device out of memory ends the run with what to change, the checkpoints kept. `batch`:
-  the setting whose batches were computed (evaluation's runs after training's fitted)."""
+  the setting whose batches did not fit (evaluation's can fail after training's fitted)."""
   try:
     yield
   except jax.errors.JaxRuntimeError as e:
