@@ -97,13 +97,9 @@ def writer_threads_quiet():
   """While it lasts, writer threads' reports of a failed write (a traceback each) are dropped,
   and asyncio's of orbax's failed write tasks, which can come before the run stops (with
   several processes, at the next log step or save)."""
-  tasks = std_logging.getLogger('asyncio')
-  tasks.addFilter(_not_an_unretrieved_task)
-  try:
-    with _filtered_log(_not_reported_again):
-      yield
-  finally:
-    tasks.removeFilter(_not_an_unretrieved_task)
+  with _filtered_log(_not_reported_again), \
+      _filtered_log(_not_an_unretrieved_task, std_logging.getLogger('asyncio')):
+    yield
 
 
 class _Manager(ocp.CheckpointManager):
@@ -190,9 +186,10 @@ def writes_explained(what: str, where, checkpoints_folder, *more_errors: type[Ex
 
 
 @contextlib.contextmanager
-def _filtered_log(keep):
-  """absl log records for which `keep` is false are dropped while the context lasts."""
-  logger = logging.get_absl_logger()
+def _filtered_log(keep, logger=None):
+  """Log records (absl's, unless another `logger` is given) for which `keep` is false are
+  dropped while the context lasts."""
+  logger = logger or logging.get_absl_logger()
   logger.addFilter(keep)
   try:
     yield
